@@ -1,0 +1,145 @@
+/* common.c: error messages, checked allocation, logging, atomic file writes. */
+#define _POSIX_C_SOURCE 200809L
+#include "common.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static _Thread_local char err_buf[2048];
+void (*tsr_abort_hook)(int code) = NULL;
+int tsr_log_level = TSR_LOG_INFO;
+int tsr_log_rank = 0;
+
+int tsr_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err_buf, sizeof err_buf, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+const char *tsr_last_error(void) { return err_buf; }
+
+int tsr_error_context(const char *fmt, ...) {
+    char ctx[512], old[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx, sizeof ctx, fmt, ap);
+    va_end(ap);
+    size_t n = strnlen(err_buf, sizeof old - 1);
+    memcpy(old, err_buf, n);
+    old[n] = 0;
+    snprintf(err_buf, sizeof err_buf, "%.511s: %.1023s", ctx, old);
+    return -1;
+}
+
+void tsr_fatal_at(const char *file, int line, const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "tessera: error (rank %d, %s:%d): ", tsr_log_rank, file, line);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    fflush(stderr);
+    if (tsr_abort_hook) tsr_abort_hook(1);
+    exit(1);
+}
+
+void *tsr_malloc_at(size_t n, const char *file, int line) {
+    void *p = malloc(n ? n : 1);
+    if (!p) tsr_fatal_at(file, line, "out of memory allocating %zu bytes", n);
+    return p;
+}
+
+void *tsr_calloc_at(size_t count, size_t n, const char *file, int line) {
+    void *p = calloc(count ? count : 1, n ? n : 1);
+    if (!p) tsr_fatal_at(file, line, "out of memory allocating %zu x %zu bytes", count, n);
+    return p;
+}
+
+void *tsr_aligned_alloc_at(size_t n, const char *file, int line) {
+    void *p = NULL;
+    size_t sz = (n + 63) & ~(size_t)63;
+    if (posix_memalign(&p, 64, sz ? sz : 64) != 0 || !p)
+        tsr_fatal_at(file, line, "out of memory allocating %zu bytes", n);
+    memset(p, 0, sz);
+    return p;
+}
+
+void tsr_log(int level, const char *fmt, ...) {
+    if (level > tsr_log_level) return;
+    if (level >= TSR_LOG_INFO && tsr_log_rank != 0) return;
+    FILE *out = level <= TSR_LOG_WARN ? stderr : stdout;
+    va_list ap;
+    if (level == TSR_LOG_WARN) fprintf(out, "tessera: warning: ");
+    if (level == TSR_LOG_ERROR) fprintf(out, "tessera: error: ");
+    va_start(ap, fmt);
+    vfprintf(out, fmt, ap);
+    va_end(ap);
+    fputc('\n', out);
+    fflush(out);
+}
+
+double tsr_time(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int tsr_write_file_atomic(const char *path, const void *data, size_t n) {
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) return tsr_error("%s: cannot create (%s)", tmp, strerror(errno));
+    const char *p = data;
+    size_t left = n;
+    while (left > 0) {
+        ssize_t w = write(fd, p, left);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            int e = errno;
+            close(fd);
+            unlink(tmp);
+            return tsr_error("%s: write failed (%s)", tmp, strerror(e));
+        }
+        p += w;
+        left -= (size_t)w;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return tsr_error("%s: fsync/close failed (%s)", tmp, strerror(e));
+    }
+    if (rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return tsr_error("%s: rename from %s failed (%s)", path, tmp, strerror(e));
+    }
+    return 0;
+}
+
+int tsr_read_file(const char *path, char **data, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return tsr_error("%s: cannot open (%s)", path, strerror(errno));
+    if (fseek(f, 0, SEEK_END) != 0) { fclose(f); return tsr_error("%s: cannot seek", path); }
+    long sz = ftell(f);
+    if (sz < 0) { fclose(f); return tsr_error("%s: cannot determine size", path); }
+    rewind(f);
+    char *buf = tsr_malloc((size_t)sz + 1);
+    if (sz > 0 && fread(buf, 1, (size_t)sz, f) != (size_t)sz) {
+        fclose(f);
+        free(buf);
+        return tsr_error("%s: short read", path);
+    }
+    fclose(f);
+    buf[sz] = 0;
+    *data = buf;
+    *n = (size_t)sz;
+    return 0;
+}

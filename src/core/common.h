@@ -1,0 +1,58 @@
+/* common.h: error reporting, checked allocation, logging and small helpers used by every module.
+ *
+ * Errors: functions that can fail on bad input return int (0 = ok, -1 = error) and record a message
+ * with tsr_error("..."): the message names the file, key or tensor and says what was expected.
+ * The caller reads it with tsr_last_error(). The message buffer is thread-local. */
+#ifndef TSR_COMMON_H
+#define TSR_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#if defined(__GNUC__)
+#define TSR_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define TSR_NORETURN __attribute__((noreturn))
+#else
+#define TSR_PRINTF(a, b)
+#define TSR_NORETURN
+#endif
+
+/* Record an error message (printf-style); always returns -1 so that `return tsr_error(...)` works. */
+int tsr_error(const char *fmt, ...) TSR_PRINTF(1, 2);
+/* The last recorded message ("" if none). */
+const char *tsr_last_error(void);
+/* Prefix the current message with more context: "ctx: <old message>". Returns -1. */
+int tsr_error_context(const char *fmt, ...) TSR_PRINTF(1, 2);
+
+/* Fatal: print "tessera: error: ..." with file:line and exit(1) (MPI_Abort when MPI is running,
+ * through the hook set by the distribution layer). For programming errors and out-of-memory. */
+TSR_NORETURN void tsr_fatal_at(const char *file, int line, const char *fmt, ...) TSR_PRINTF(3, 4);
+#define tsr_fatal(...) tsr_fatal_at(__FILE__, __LINE__, __VA_ARGS__)
+/* Hook called by tsr_fatal before exiting (the MPI layer installs MPI_Abort here). */
+extern void (*tsr_abort_hook)(int code);
+
+void *tsr_malloc_at(size_t n, const char *file, int line);
+void *tsr_calloc_at(size_t count, size_t n, const char *file, int line);
+void *tsr_aligned_alloc_at(size_t n, const char *file, int line); /* 64-byte aligned, zeroed */
+#define tsr_malloc(n) tsr_malloc_at((n), __FILE__, __LINE__)
+#define tsr_calloc(c, n) tsr_calloc_at((c), (n), __FILE__, __LINE__)
+#define tsr_aligned_alloc(n) tsr_aligned_alloc_at((n), __FILE__, __LINE__)
+#define TSR_CHECK(cond, ...) do { if (!(cond)) tsr_fatal_at(__FILE__, __LINE__, __VA_ARGS__); } while (0)
+
+/* Logging. Level: 0 error, 1 warn, 2 info, 3 debug. Only rank 0 prints info unless told otherwise. */
+enum { TSR_LOG_ERROR = 0, TSR_LOG_WARN = 1, TSR_LOG_INFO = 2, TSR_LOG_DEBUG = 3 };
+extern int tsr_log_level;
+extern int tsr_log_rank; /* this process's MPI rank (0 when MPI is not running) */
+void tsr_log(int level, const char *fmt, ...) TSR_PRINTF(2, 3);
+#define tsr_info(...) tsr_log(TSR_LOG_INFO, __VA_ARGS__)
+#define tsr_warn(...) tsr_log(TSR_LOG_WARN, __VA_ARGS__)
+
+double tsr_time(void); /* monotonic seconds */
+
+/* Write a whole buffer to path atomically: path.tmp.<pid>, fsync, rename. Returns 0 / -1 (tsr_error). */
+int tsr_write_file_atomic(const char *path, const void *data, size_t n);
+/* Read a whole file into a malloc'ed buffer (NUL-terminated for convenience). 0 / -1 (tsr_error). */
+int tsr_read_file(const char *path, char **data, size_t *n);
+
+#endif

@@ -1,0 +1,241 @@
+/* layers.c: fast kernels (BLAS for the matmuls, OpenMP for the rest). Naive twins: layers_ref.c. */
+#include "model/layers.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/blas.h"
+#include "core/common.h"
+
+void patchify_forward(real *patches, const real *images, int B, int C, int IMG, int P) {
+    int G = IMG / P, NP = G * G, CPP = C * P * P;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int p = 0; p < NP; p++) {
+            int py = p / G, px = p % G;
+            real *dst = patches + ((size_t)b * NP + p) * CPP;
+            for (int c = 0; c < C; c++)
+                for (int i = 0; i < P; i++) {
+                    const real *src = images + (((size_t)b * C + c) * IMG + (size_t)py * P + i) * IMG +
+                                      (size_t)px * P;
+                    memcpy(dst + (c * P + i) * P, src, sizeof(real) * (size_t)P);
+                }
+        }
+}
+
+void linear_forward(real *out, const real *inp, const real *W, const real *b, int N, int C, int OC) {
+    if (b) {
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) memcpy(out + (size_t)n * OC, b, sizeof(real) * (size_t)OC);
+    }
+    tsr_gemm(0, 1, N, OC, C, 1, inp, C, W, C, b ? 1 : 0, out, OC);
+}
+
+void linear_backward(real *dinp, real *dW, real *db, const real *dout, const real *inp, const real *W,
+                     int N, int C, int OC) {
+    if (dinp) tsr_gemm(0, 0, N, C, OC, 1, dout, OC, W, C, 1, dinp, C);
+    if (dW) tsr_gemm(1, 0, OC, C, N, 1, dout, OC, inp, C, 1, dW, C);
+    if (db) {
+#pragma omp parallel for schedule(static)
+        for (int o = 0; o < OC; o++) {
+            real s = 0;
+            for (int n = 0; n < N; n++) s += dout[(size_t)n * OC + o];
+            db[o] += s;
+        }
+    }
+}
+
+void layernorm_forward(real *out, real *mean, real *rstd, const real *inp, const real *w, const real *b,
+                       int N, int C, double eps) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const real *x = inp + (size_t)n * C;
+        real *y = out + (size_t)n * C;
+        real m = 0;
+        for (int i = 0; i < C; i++) m += x[i];
+        m /= C;
+        real v = 0;
+        for (int i = 0; i < C; i++) {
+            real d = x[i] - m;
+            v += d * d;
+        }
+        v /= C;
+        real s = (real)(1.0 / sqrt((double)v + eps));
+        for (int i = 0; i < C; i++) y[i] = (x[i] - m) * s * w[i] + b[i];
+        mean[n] = m;
+        rstd[n] = s;
+    }
+}
+
+void layernorm_backward(real *dinp, real *dw, real *db, const real *dout, const real *inp, const real *w,
+                        const real *mean, const real *rstd, int N, int C) {
+    if (dinp) {
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) {
+            const real *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+            real *dx = dinp + (size_t)n * C;
+            real m = mean[n], s = rstd[n];
+            real sum_g = 0, sum_gx = 0; /* g = dy * w; xh = (x - m) * s */
+            for (int i = 0; i < C; i++) {
+                real g = dy[i] * w[i];
+                sum_g += g;
+                sum_gx += g * (x[i] - m) * s;
+            }
+            sum_g /= C;
+            sum_gx /= C;
+            for (int i = 0; i < C; i++) {
+                real xh = (x[i] - m) * s;
+                dx[i] += s * (dy[i] * w[i] - sum_g - xh * sum_gx);
+            }
+        }
+    }
+    if (dw || db) {
+        /* column sums over rows: parallel over column blocks, rows in order (deterministic). */
+#pragma omp parallel for schedule(static)
+        for (int c0 = 0; c0 < C; c0 += 64) {
+            int c1 = c0 + 64 < C ? c0 + 64 : C;
+            real accw[64], accb[64];
+            for (int i = c0; i < c1; i++) accw[i - c0] = accb[i - c0] = 0;
+            for (int n = 0; n < N; n++) {
+                const real *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
+                real m = mean[n], s = rstd[n];
+                for (int i = c0; i < c1; i++) {
+                    accw[i - c0] += dy[i] * (x[i] - m) * s;
+                    accb[i - c0] += dy[i];
+                }
+            }
+            for (int i = c0; i < c1; i++) {
+                if (dw) dw[i] += accw[i - c0];
+                if (db) db[i] += accb[i - c0];
+            }
+        }
+    }
+}
+
+#define INV_SQRT2 0.70710678118654752440
+#define INV_SQRT_2PI 0.39894228040143267794
+
+void gelu_forward(real *out, const real *inp, long n) {
+#pragma omp parallel for simd schedule(static)
+    for (long i = 0; i < n; i++) {
+        real x = inp[i];
+        out[i] = (real)0.5 * x * ((real)1 + rerf(x * (real)INV_SQRT2));
+    }
+}
+
+void gelu_backward(real *dinp, const real *dout, const real *inp, long n) {
+#pragma omp parallel for simd schedule(static)
+    for (long i = 0; i < n; i++) {
+        real x = inp[i];
+        real cdf = (real)0.5 * ((real)1 + rerf(x * (real)INV_SQRT2));
+        real pdf = (real)INV_SQRT_2PI * rexp((real)-0.5 * x * x);
+        dinp[i] += dout[i] * (cdf + x * pdf);
+    }
+}
+
+static inline real dot(const real *a, const real *b, int n) {
+    real s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static inline void axpy(real *y, real a, const real *x, int n) {
+#pragma omp simd
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+void attention_forward(real *out, real *att, const real *qkv, int B, int T, int D, int H) {
+    int hd = D / H;
+    size_t D3 = 3 * (size_t)D;
+    real scale = (real)(1.0 / sqrt((double)hd));
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            const real *base = qkv + (size_t)b * T * D3;
+            real *P = att + ((size_t)b * H + h) * T * T;
+            for (int i = 0; i < T; i++) {
+                const real *q = base + i * D3 + h * hd;
+                real *p = P + (size_t)i * T;
+                real mx = -INFINITY;
+                for (int j = 0; j < T; j++) {
+                    real s = dot(q, base + j * D3 + D + h * hd, hd) * scale;
+                    p[j] = s;
+                    if (s > mx) mx = s;
+                }
+                real sum = 0;
+                for (int j = 0; j < T; j++) {
+                    p[j] = rexp(p[j] - mx);
+                    sum += p[j];
+                }
+                real inv = 1 / sum;
+                real *o = out + ((size_t)b * T + i) * D + h * hd;
+                for (int d = 0; d < hd; d++) o[d] = 0;
+                for (int j = 0; j < T; j++) {
+                    p[j] *= inv;
+                    axpy(o, p[j], base + j * D3 + 2 * D + h * hd, hd);
+                }
+            }
+        }
+}
+
+void attention_backward(real *dqkv, const real *dout, const real *qkv, const real *att, int B, int T,
+                        int D, int H) {
+    int hd = D / H;
+    size_t D3 = 3 * (size_t)D;
+    real scale = (real)(1.0 / sqrt((double)hd));
+#pragma omp parallel
+    {
+        real *dS = tsr_malloc(sizeof(real) * (size_t)T);
+#pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++) {
+                const real *base = qkv + (size_t)b * T * D3;
+                real *dbase = dqkv + (size_t)b * T * D3;
+                const real *P = att + ((size_t)b * H + h) * T * T;
+                for (int i = 0; i < T; i++) {
+                    const real *p = P + (size_t)i * T;
+                    const real *dy = dout + ((size_t)b * T + i) * D + h * hd;
+                    /* dP_ij = dy_i . v_j ; dv_j += p_ij dy_i */
+                    real rowsum = 0;
+                    for (int j = 0; j < T; j++) {
+                        dS[j] = dot(dy, base + j * D3 + 2 * D + h * hd, hd);
+                        rowsum += dS[j] * p[j];
+                        axpy(dbase + j * D3 + 2 * D + h * hd, p[j], dy, hd);
+                    }
+                    /* dS_ij = p_ij (dP_ij - sum_k dP_ik p_ik); dq_i += scale dS_ij k_j; dk_j += scale dS_ij q_i */
+                    const real *q = base + i * D3 + h * hd;
+                    real *dq = dbase + i * D3 + h * hd;
+                    for (int j = 0; j < T; j++) {
+                        real ds = p[j] * (dS[j] - rowsum) * scale;
+                        axpy(dq, ds, base + j * D3 + D + h * hd, hd);
+                        axpy(dbase + j * D3 + D + h * hd, ds, q, hd);
+                    }
+                }
+            }
+        free(dS);
+    }
+}
+
+double softmax_xent_forward(real *probs, const real *logits, const int *labels, int B, int K) {
+    double loss = 0;
+    for (int b = 0; b < B; b++) {
+        const real *z = logits + (size_t)b * K;
+        real *p = probs + (size_t)b * K;
+        double mx = -INFINITY, sum = 0;
+        for (int k = 0; k < K; k++)
+            if (z[k] > mx) mx = z[k];
+        for (int k = 0; k < K; k++) sum += exp((double)z[k] - mx);
+        for (int k = 0; k < K; k++) p[k] = (real)(exp((double)z[k] - mx) / sum);
+        if (labels) loss += -((double)z[labels[b]] - mx - log(sum));
+    }
+    return loss / B;
+}
+
+void softmax_xent_backward(real *dlogits, const real *probs, const int *labels, int B, int K, double dloss) {
+    real s = (real)(dloss / B);
+    for (int b = 0; b < B; b++)
+        for (int k = 0; k < K; k++)
+            dlogits[(size_t)b * K + k] += s * (probs[(size_t)b * K + k] - (k == labels[b] ? 1 : 0));
+}

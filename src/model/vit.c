@@ -1,0 +1,324 @@
+/* vit.c: ViT forward and backward over the layers of layers.c. */
+#include "model/vit.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/common.h"
+#include "core/rng.h"
+#include "model/layers.h"
+
+int tsr_vit_config_check(const tsr_vit_config *c) {
+    if (c->image_size <= 0 || c->patch_size <= 0 || c->channels <= 0 || c->dim <= 0 || c->depth <= 0 ||
+        c->heads <= 0 || c->mlp_dim <= 0 || c->num_classes <= 0)
+        return tsr_error("model: every size must be positive (image_size %d, patch_size %d, channels %d, "
+                         "dim %d, depth %d, heads %d, mlp_dim %d, num_classes %d)",
+                         c->image_size, c->patch_size, c->channels, c->dim, c->depth, c->heads,
+                         c->mlp_dim, c->num_classes);
+    if (c->image_size % c->patch_size)
+        return tsr_error("model: image_size %d is not divisible by patch_size %d", c->image_size,
+                         c->patch_size);
+    if (c->dim % c->heads)
+        return tsr_error("model: dim %d is not divisible by heads %d", c->dim, c->heads);
+    if (!(c->ln_eps >= 0 && c->ln_eps < 1)) return tsr_error("model: ln_eps %g is not in [0, 1)", c->ln_eps);
+    return 0;
+}
+
+static void param_sizes(const tsr_vit_config *c, size_t *s) {
+    size_t D = c->dim, L = c->depth, M = c->mlp_dim, K = c->num_classes, T = tsr_vit_tokens(c);
+    size_t CPP = (size_t)c->channels * c->patch_size * c->patch_size;
+    size_t v[TSR_VIT_NTENSORS] = {D * CPP, D, D, T * D, L * D, L * D, L * 3 * D * D, L * 3 * D,
+                                  L * D * D, L * D, L * D, L * D, L * M * D, L * M, L * D * M, L * D,
+                                  D, D, K * D, K};
+    memcpy(s, v, sizeof v);
+}
+
+static void point_params(tsr_vit_params *p, real *mem, const size_t *s) {
+    real **ptrs[TSR_VIT_NTENSORS] = {&p->patch_w, &p->patch_b, &p->cls, &p->pos, &p->ln1w, &p->ln1b,
+                                     &p->qkvw, &p->qkvb, &p->projw, &p->projb, &p->ln2w, &p->ln2b,
+                                     &p->fc1w, &p->fc1b, &p->fc2w, &p->fc2b, &p->lnfw, &p->lnfb,
+                                     &p->headw, &p->headb};
+    for (int i = 0; i < TSR_VIT_NTENSORS; i++) {
+        *ptrs[i] = mem;
+        mem += s[i];
+    }
+}
+
+int tsr_vit_create(tsr_vit *m, const tsr_vit_config *c, int max_batch) {
+    memset(m, 0, sizeof *m);
+    if (tsr_vit_config_check(c) != 0) return -1;
+    if (max_batch <= 0) return tsr_error("model: batch size must be positive (got %d)", max_batch);
+    m->cfg = *c;
+    m->max_batch = max_batch;
+    m->tokens = tsr_vit_tokens(c);
+    m->npatch = m->tokens - 1;
+    param_sizes(c, m->param_sizes);
+    m->num_params = 0;
+    for (int i = 0; i < TSR_VIT_NTENSORS; i++) m->num_params += m->param_sizes[i];
+    m->params_mem = tsr_aligned_alloc(sizeof(real) * m->num_params);
+    m->grads_mem = tsr_aligned_alloc(sizeof(real) * m->num_params);
+    point_params(&m->params, m->params_mem, m->param_sizes);
+    point_params(&m->grads, m->grads_mem, m->param_sizes);
+
+    size_t B = max_batch, T = m->tokens, D = c->dim, L = c->depth, M = c->mlp_dim, H = c->heads;
+    size_t K = c->num_classes, NP = m->npatch, CPP = (size_t)c->channels * c->patch_size * c->patch_size;
+    size_t a[] = {
+        B * NP * CPP, B * NP * D, (L + 1) * B * T * D,                    /* patches, patch_out, resid */
+        L * B * T * D, L * B * T, L * B * T,                              /* ln1 */
+        L * B * T * 3 * D, L * B * H * T * T, L * B * T * D, L * B * T * D, /* qkv, att, atty, mid */
+        L * B * T * D, L * B * T, L * B * T,                              /* ln2 */
+        L * B * T * M, L * B * T * M,                                     /* fc1, gelu */
+        B * D, B * D, B, B, B * K, B * K};                                /* cls_in, lnf, logits, probs */
+    real **ap[] = {&m->acts.patches, &m->acts.patch_out, &m->acts.resid, &m->acts.ln1, &m->acts.ln1_mean,
+                   &m->acts.ln1_rstd, &m->acts.qkv, &m->acts.att, &m->acts.atty, &m->acts.mid,
+                   &m->acts.ln2, &m->acts.ln2_mean, &m->acts.ln2_rstd, &m->acts.fc1, &m->acts.gelu,
+                   &m->acts.cls_in, &m->acts.lnf, &m->acts.lnf_mean, &m->acts.lnf_rstd,
+                   &m->acts.logits, &m->acts.probs};
+    _Static_assert(sizeof a / sizeof a[0] == sizeof ap / sizeof ap[0], "activation size table");
+    int na = (int)(sizeof a / sizeof a[0]);
+    size_t total = 0;
+    for (int i = 0; i < na; i++) total += (a[i] + 15) & ~(size_t)15; /* 64-byte aligned pieces */
+    m->num_acts = total;
+    m->acts_mem = tsr_aligned_alloc(sizeof(real) * total);
+    real *p = m->acts_mem;
+    for (int i = 0; i < na; i++) {
+        *ap[i] = p;
+        p += (a[i] + 15) & ~(size_t)15;
+    }
+    size_t sc[] = {B * T * D, B * T * D, B * T * D, B * T * D, B * T * 3 * D, B * T * M, B * T * M,
+                   3 * B * D + B * K};
+    real **sp[] = {&m->d_a, &m->d_b, &m->d_ln, &m->d_atty, &m->d_qkv, &m->d_fc, &m->d_fc2, &m->d_small};
+    total = 0;
+    for (size_t i = 0; i < sizeof sc / sizeof sc[0]; i++) total += (sc[i] + 15) & ~(size_t)15;
+    m->scratch_mem = tsr_aligned_alloc(sizeof(real) * total);
+    p = m->scratch_mem;
+    for (size_t i = 0; i < sizeof sc / sizeof sc[0]; i++) {
+        *sp[i] = p;
+        p += (sc[i] + 15) & ~(size_t)15;
+    }
+    return 0;
+}
+
+void tsr_vit_destroy(tsr_vit *m) {
+    free(m->params_mem);
+    free(m->grads_mem);
+    free(m->acts_mem);
+    free(m->scratch_mem);
+    free(m->d_resid_all);
+    memset(m, 0, sizeof *m);
+}
+
+void tsr_vit_keep_resid_grads(tsr_vit *m) {
+    if (!m->d_resid_all)
+        m->d_resid_all = tsr_aligned_alloc(sizeof(real) * (size_t)(m->cfg.depth + 1) * m->max_batch *
+                                           m->tokens * m->cfg.dim);
+}
+
+void tsr_vit_zero_grad(tsr_vit *m) { memset(m->grads_mem, 0, sizeof(real) * m->num_params); }
+
+void tsr_vit_init_random(tsr_vit *m, uint64_t seed) {
+    tsr_rng r;
+    tsr_rng_seed(&r, seed);
+    const tsr_vit_config *c = &m->cfg;
+    tsr_vit_params *p = &m->params;
+    memset(m->params_mem, 0, sizeof(real) * m->num_params);
+    size_t D = c->dim, L = c->depth, M = c->mlp_dim;
+#define TN(ptr, n, std) for (size_t i_ = 0; i_ < (n); i_++) (ptr)[i_] = (real)tsr_rng_trunc_normal(&r, std, -2 * (std), 2 * (std))
+    TN(p->patch_w, m->param_sizes[0], 0.02);
+    TN(p->cls, D, 1e-6);
+    TN(p->pos, m->param_sizes[3], 0.02);
+    TN(p->qkvw, L * 3 * D * D, 0.02);
+    TN(p->projw, L * D * D, 0.02);
+    TN(p->fc1w, L * M * D, 0.02);
+    TN(p->fc2w, L * D * M, 0.02);
+#undef TN
+    for (size_t i = 0; i < L * D; i++) p->ln1w[i] = p->ln2w[i] = 1;
+    for (size_t i = 0; i < D; i++) p->lnfw[i] = 1;
+}
+
+double tsr_vit_forward(tsr_vit *m, const real *images, const int *labels, int B) {
+    const tsr_vit_config *c = &m->cfg;
+    TSR_CHECK(B > 0 && B <= m->max_batch, "forward: batch %d outside [1, %d]", B, m->max_batch);
+    const tsr_vit_params *p = &m->params;
+    tsr_vit_acts *a = &m->acts;
+    int T = m->tokens, D = c->dim, H = c->heads, M = c->mlp_dim, K = c->num_classes, NP = m->npatch;
+    int CPP = c->channels * c->patch_size * c->patch_size, BT = B * T;
+    size_t BTD = (size_t)BT * D;
+    m->batch = B;
+    m->labels = labels;
+
+    /* embedding: patches -> linear -> [cls; patches] + pos */
+    patchify_forward(a->patches, images, B, c->channels, c->image_size, c->patch_size);
+    linear_forward(a->patch_out, a->patches, p->patch_w, p->patch_b, B * NP, CPP, D);
+    real *x0 = a->resid;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            real *dst = x0 + ((size_t)b * T + t) * D;
+            const real *src = t == 0 ? p->cls : a->patch_out + ((size_t)b * NP + t - 1) * D;
+            const real *pos = p->pos + (size_t)t * D;
+            for (int d = 0; d < D; d++) dst[d] = src[d] + pos[d];
+        }
+
+    for (int l = 0; l < c->depth; l++) {
+        real *x = a->resid + l * BTD, *out = a->resid + (l + 1) * BTD;
+        real *ln1 = a->ln1 + l * BTD, *ln1m = a->ln1_mean + (size_t)l * BT, *ln1r = a->ln1_rstd + (size_t)l * BT;
+        real *qkv = a->qkv + l * BTD * 3, *att = a->att + (size_t)l * B * H * T * T;
+        real *atty = a->atty + l * BTD, *mid = a->mid + l * BTD;
+        real *ln2 = a->ln2 + l * BTD, *ln2m = a->ln2_mean + (size_t)l * BT, *ln2r = a->ln2_rstd + (size_t)l * BT;
+        real *fc1 = a->fc1 + (size_t)l * BT * M, *gl = a->gelu + (size_t)l * BT * M;
+        layernorm_forward(ln1, ln1m, ln1r, x, p->ln1w + l * D, p->ln1b + l * D, BT, D, c->ln_eps);
+        linear_forward(qkv, ln1, p->qkvw + (size_t)l * 3 * D * D, p->qkvb + (size_t)l * 3 * D, BT, D, 3 * D);
+        attention_forward(atty, att, qkv, B, T, D, H);
+        linear_forward(mid, atty, p->projw + (size_t)l * D * D, p->projb + (size_t)l * D, BT, D, D);
+#pragma omp parallel for simd schedule(static)
+        for (size_t i = 0; i < BTD; i++) mid[i] += x[i];
+        layernorm_forward(ln2, ln2m, ln2r, mid, p->ln2w + l * D, p->ln2b + l * D, BT, D, c->ln_eps);
+        linear_forward(fc1, ln2, p->fc1w + (size_t)l * M * D, p->fc1b + (size_t)l * M, BT, D, M);
+        gelu_forward(gl, fc1, (long)BT * M);
+        linear_forward(out, gl, p->fc2w + (size_t)l * D * M, p->fc2b + (size_t)l * D, BT, M, D);
+#pragma omp parallel for simd schedule(static)
+        for (size_t i = 0; i < BTD; i++) out[i] += mid[i];
+    }
+
+    /* final LayerNorm on the class token (the head reads only token 0), head */
+    const real *xl = a->resid + (size_t)c->depth * BTD;
+    for (int b = 0; b < B; b++) memcpy(a->cls_in + (size_t)b * D, xl + (size_t)b * T * D, sizeof(real) * D);
+    layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->cls_in, p->lnfw, p->lnfb, B, D, c->ln_eps);
+    linear_forward(a->logits, a->lnf, p->headw, p->headb, B, D, K);
+    return softmax_xent_forward(a->probs, a->logits, labels, B, K);
+}
+
+void tsr_vit_backward(tsr_vit *m, const tsr_vit_trainable *tr) {
+    const tsr_vit_config *c = &m->cfg;
+    TSR_CHECK(m->labels != NULL, "backward: the last forward had no labels");
+    const tsr_vit_params *p = &m->params;
+    tsr_vit_params *g = &m->grads;
+    const tsr_vit_acts *a = &m->acts;
+    int B = m->batch, T = m->tokens, D = c->dim, H = c->heads, M = c->mlp_dim, K = c->num_classes;
+    int NP = m->npatch, CPP = c->channels * c->patch_size * c->patch_size, BT = B * T, L = c->depth;
+    size_t BTD = (size_t)BT * D;
+    real *dlogits = m->d_small, *dlnf = dlogits + (size_t)B * K, *dcls = dlnf + (size_t)B * D;
+
+    /* how far down the gradient must go: the lowest trainable layer, or the tokens if asked */
+    int need_blocks = tr->blocks || tr->embed || tr->input_grad;
+    int need_below_head = need_blocks || tr->norm;
+
+    memset(dlogits, 0, sizeof(real) * ((size_t)B * K + 2 * (size_t)B * D));
+    softmax_xent_backward(dlogits, a->probs, m->labels, B, K, 1.0);
+    linear_backward(need_below_head ? dlnf : NULL, tr->head ? g->headw : NULL, tr->head ? g->headb : NULL,
+                    dlogits, a->lnf, p->headw, B, D, K);
+    if (!need_below_head) return;
+    layernorm_backward(need_blocks ? dcls : NULL, tr->norm ? g->lnfw : NULL, tr->norm ? g->lnfb : NULL,
+                       dlnf, a->cls_in, p->lnfw, a->lnf_mean, a->lnf_rstd, B, D);
+    if (!need_blocks) return;
+
+    real *dx = m->d_a, *dmid = m->d_b; /* dx: gradient w.r.t. resid[l+1] on entry to block l */
+    memset(dx, 0, sizeof(real) * BTD);
+    for (int b = 0; b < B; b++) memcpy(dx + (size_t)b * T * D, dcls + (size_t)b * D, sizeof(real) * D);
+    if (m->d_resid_all) memcpy(m->d_resid_all + (size_t)L * BTD, dx, sizeof(real) * BTD);
+
+    int wg = tr->blocks;
+    for (int l = L - 1; l >= 0; l--) {
+        const real *x = a->resid + l * BTD, *mid = a->mid + l * BTD;
+        const real *ln1 = a->ln1 + l * BTD, *ln1m = a->ln1_mean + (size_t)l * BT, *ln1r = a->ln1_rstd + (size_t)l * BT;
+        const real *qkv = a->qkv + l * BTD * 3, *att = a->att + (size_t)l * B * H * T * T;
+        const real *atty = a->atty + l * BTD;
+        const real *ln2 = a->ln2 + l * BTD, *ln2m = a->ln2_mean + (size_t)l * BT, *ln2r = a->ln2_rstd + (size_t)l * BT;
+        const real *fc1 = a->fc1 + (size_t)l * BT * M, *gl = a->gelu + (size_t)l * BT * M;
+        size_t oD = (size_t)l * D, oM = (size_t)l * M;
+
+        /* MLP branch: out = mid + fc2(gelu(fc1(ln2(mid)))) */
+        memcpy(dmid, dx, sizeof(real) * BTD);
+        memset(m->d_fc2, 0, sizeof(real) * (size_t)BT * M);
+        linear_backward(m->d_fc2, wg ? g->fc2w + oD * M : NULL, wg ? g->fc2b + oD : NULL, dx, gl,
+                        p->fc2w + oD * M, BT, M, D);
+        memset(m->d_fc, 0, sizeof(real) * (size_t)BT * M);
+        gelu_backward(m->d_fc, m->d_fc2, fc1, (long)BT * M);
+        memset(m->d_ln, 0, sizeof(real) * BTD);
+        linear_backward(m->d_ln, wg ? g->fc1w + oM * D : NULL, wg ? g->fc1b + oM : NULL, m->d_fc, ln2,
+                        p->fc1w + oM * D, BT, D, M);
+        layernorm_backward(dmid, wg ? g->ln2w + oD : NULL, wg ? g->ln2b + oD : NULL, m->d_ln, mid,
+                           p->ln2w + oD, ln2m, ln2r, BT, D);
+
+        /* attention branch: mid = x + proj(attn(qkv(ln1(x)))) */
+        real *dxin = dx; /* reuse: d resid[l] */
+        memcpy(dxin, dmid, sizeof(real) * BTD);
+        memset(m->d_atty, 0, sizeof(real) * BTD);
+        linear_backward(m->d_atty, wg ? g->projw + oD * D : NULL, wg ? g->projb + oD : NULL, dmid, atty,
+                        p->projw + oD * D, BT, D, D);
+        memset(m->d_qkv, 0, sizeof(real) * BTD * 3);
+        attention_backward(m->d_qkv, m->d_atty, qkv, att, B, T, D, H);
+        memset(m->d_ln, 0, sizeof(real) * BTD);
+        linear_backward(m->d_ln, wg ? g->qkvw + oD * 3 * D : NULL, wg ? g->qkvb + oD * 3 : NULL, m->d_qkv,
+                        ln1, p->qkvw + oD * 3 * D, BT, D, 3 * D);
+        layernorm_backward(dxin, wg ? g->ln1w + oD : NULL, wg ? g->ln1b + oD : NULL, m->d_ln, x,
+                           p->ln1w + oD, ln1m, ln1r, BT, D);
+        if (m->d_resid_all) memcpy(m->d_resid_all + (size_t)l * BTD, dxin, sizeof(real) * BTD);
+    }
+
+    if (!tr->embed) return;
+    /* embedding: resid[0] = [cls; patch_out] + pos */
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const real *src = dx + ((size_t)b * T + t) * D;
+            real *dpos = g->pos + (size_t)t * D;
+            for (int d = 0; d < D; d++) dpos[d] += src[d];
+            if (t == 0)
+                for (int d = 0; d < D; d++) g->cls[d] += src[d];
+        }
+    /* d patch_out (B, NP, D) = dx rows 1..T-1 of each image; reuse d_ln as a (B*NP, D) buffer */
+    for (int b = 0; b < B; b++)
+        memcpy(m->d_ln + (size_t)b * NP * D, dx + ((size_t)b * T + 1) * D, sizeof(real) * (size_t)NP * D);
+    linear_backward(NULL, g->patch_w, g->patch_b, m->d_ln, a->patches, p->patch_w, B * NP, CPP, D);
+}
+
+int tsr_vit_tensor_info(const tsr_vit *m, const tsr_vit_params *p, int i, char *name, size_t name_len,
+                        int *ndim, int64_t shape[4], real **data) {
+    const tsr_vit_config *c = &m->cfg;
+    int L = c->depth, n = 4 + 12 * L + 4;
+    if (i == -1) return n;
+    if (i < 0 || i >= n) return -1;
+    int64_t D = c->dim, M = c->mlp_dim, K = c->num_classes, T = m->tokens, C = c->channels, P = c->patch_size;
+#define SET(nm, nd, s0, s1, s2, s3, ptr)                                                           \
+    do {                                                                                           \
+        snprintf(name, name_len, "%s", nm);                                                        \
+        *ndim = nd;                                                                                \
+        shape[0] = s0; shape[1] = s1; shape[2] = s2; shape[3] = s3;                               \
+        *data = ptr;                                                                               \
+        return 0;                                                                                  \
+    } while (0)
+    switch (i) {
+    case 0: SET("patch_embed.proj.weight", 4, D, C, P, P, p->patch_w);
+    case 1: SET("patch_embed.proj.bias", 1, D, 0, 0, 0, p->patch_b);
+    case 2: SET("cls_token", 3, 1, 1, D, 0, p->cls);
+    case 3: SET("pos_embed", 3, 1, T, D, 0, p->pos);
+    }
+    if (i >= 4 + 12 * L) {
+        switch (i - 4 - 12 * L) {
+        case 0: SET("norm.weight", 1, D, 0, 0, 0, p->lnfw);
+        case 1: SET("norm.bias", 1, D, 0, 0, 0, p->lnfb);
+        case 2: SET("head.weight", 2, K, D, 0, 0, p->headw);
+        default: SET("head.bias", 1, K, 0, 0, 0, p->headb);
+        }
+    }
+#undef SET
+    int l = (i - 4) / 12, k = (i - 4) % 12;
+    static const char *suffix[12] = {"norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias",
+                                     "attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias",
+                                     "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"};
+    int64_t shp[12][2] = {{D, 0}, {D, 0}, {3 * D, D}, {3 * D, 0}, {D, D}, {D, 0},
+                          {D, 0}, {D, 0}, {M, D},     {M, 0},     {D, M}, {D, 0}};
+    real *ptrs[12] = {p->ln1w + l * D, p->ln1b + l * D, p->qkvw + l * 3 * D * D, p->qkvb + l * 3 * D,
+                      p->projw + l * D * D, p->projb + l * D, p->ln2w + l * D, p->ln2b + l * D,
+                      p->fc1w + l * M * D, p->fc1b + l * M, p->fc2w + l * D * M, p->fc2b + l * D};
+    snprintf(name, name_len, "blocks.%d.%s", l, suffix[k]);
+    *ndim = shp[k][1] ? 2 : 1;
+    shape[0] = shp[k][0];
+    shape[1] = shp[k][1];
+    shape[2] = shape[3] = 0;
+    *data = ptrs[k];
+    return 0;
+}

@@ -1,0 +1,141 @@
+/* vit.h: the Vision Transformer backbone as timm and Hugging Face compute it.
+ *
+ * Patch embedding (a GEMM over flattened patches), class token, learned position embeddings, `depth`
+ * pre-LN blocks  h = x + Proj(MHSA(LN1(x))),  out = h + FC2(GELU(FC1(LN2(h)))),  final LayerNorm, and
+ * a linear head on the class token.
+ *
+ * Memory (llm.c style): parameters, gradients and activations each live in ONE contiguous allocation
+ * carved by a size table; the gradient struct has the parameter struct's type, so an optimizer is one
+ * flat loop and a gradient all-reduce is one call.
+ *
+ * Backward modes: tsr_vit_backward takes which parameter groups are trainable. Frozen groups get no
+ * weight gradients; input gradients still flow through them down to the lowest layer that needs one. */
+#ifndef TSR_VIT_H
+#define TSR_VIT_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/real.h"
+
+typedef struct {
+    int image_size, patch_size, channels; /* input (channels, image_size, image_size) */
+    int dim, depth, heads, mlp_dim, num_classes;
+    double ln_eps; /* timm 1e-6; Hugging Face layer_norm_eps (1e-12 in the Hub's ViT configs) */
+} tsr_vit_config;
+
+/* Validate sizes (positive, divisibility); 0 or -1 with tsr_error naming the field. */
+#define tsr_vit_config_check TSR_R(tsr_vit_config_check)
+int tsr_vit_config_check(const tsr_vit_config *c);
+static inline int tsr_vit_tokens(const tsr_vit_config *c) {
+    int g = c->image_size / c->patch_size;
+    return g * g + 1;
+}
+
+/* Parameter tensors; per-block tensors are stacked over blocks (leading dim L). Shapes: D = dim,
+ * L = depth, M = mlp_dim, K = num_classes, T = tokens, CPP = channels * patch^2. */
+#define TSR_VIT_NTENSORS 20
+typedef struct {
+    real *patch_w; /* (D, CPP)  = Conv2d weight (D, C, P, P) */
+    real *patch_b; /* (D) */
+    real *cls;     /* (D) */
+    real *pos;     /* (T, D) */
+    real *ln1w, *ln1b; /* (L, D) */
+    real *qkvw;    /* (L, 3D, D) rows: q then k then v */
+    real *qkvb;    /* (L, 3D) */
+    real *projw;   /* (L, D, D) */
+    real *projb;   /* (L, D) */
+    real *ln2w, *ln2b; /* (L, D) */
+    real *fc1w;    /* (L, M, D) */
+    real *fc1b;    /* (L, M) */
+    real *fc2w;    /* (L, D, M) */
+    real *fc2b;    /* (L, D) */
+    real *lnfw, *lnfb; /* (D) */
+    real *headw;   /* (K, D) */
+    real *headb;   /* (K) */
+} tsr_vit_params;
+
+/* Activations saved by the forward pass for the backward pass. */
+typedef struct {
+    real *patches;   /* (B, NP, CPP) */
+    real *patch_out; /* (B, NP, D) */
+    real *resid;     /* (L+1, B, T, D): resid[l] enters block l, resid[L] leaves the last block */
+    real *ln1, *ln1_mean, *ln1_rstd; /* (L, B, T, D), (L, B, T), (L, B, T) */
+    real *qkv;       /* (L, B, T, 3D) */
+    real *att;       /* (L, B, H, T, T) softmax probabilities */
+    real *atty;      /* (L, B, T, D) attention output before proj */
+    real *mid;       /* (L, B, T, D) h = x + proj(att) */
+    real *ln2, *ln2_mean, *ln2_rstd; /* (L, B, T, D), (L, B, T), (L, B, T) */
+    real *fc1;       /* (L, B, T, M) before GELU */
+    real *gelu;      /* (L, B, T, M) */
+    real *cls_in;    /* (B, D) class token of resid[L] */
+    real *lnf, *lnf_mean, *lnf_rstd; /* (B, D), (B), (B) */
+    real *logits;    /* (B, K) */
+    real *probs;     /* (B, K) */
+} tsr_vit_acts;
+
+/* Which parameter groups get weight gradients. */
+typedef struct {
+    int embed;  /* patch_w, patch_b, cls, pos */
+    int blocks; /* every block tensor */
+    int norm;   /* final LayerNorm */
+    int head;
+    int input_grad; /* compute d loss / d resid[0] (the token embeddings) even when nothing below needs it */
+} tsr_vit_trainable;
+static const tsr_vit_trainable TSR_VIT_FULL = {1, 1, 1, 1, 1};
+static const tsr_vit_trainable TSR_VIT_FROZEN = {0, 0, 0, 1, 1}; /* frozen backbone, trained head */
+
+typedef struct {
+    tsr_vit_config cfg;
+    int max_batch, batch;  /* capacity, and batch of the last forward */
+    int tokens, npatch;
+    tsr_vit_params params, grads;
+    real *params_mem, *grads_mem;
+    size_t param_sizes[TSR_VIT_NTENSORS];
+    size_t num_params;
+    tsr_vit_acts acts;
+    real *acts_mem;
+    size_t num_acts;
+    /* backward scratch */
+    real *scratch_mem;
+    real *d_a, *d_b;   /* (B, T, D) residual-stream gradients (ping-pong) */
+    real *d_ln;        /* (B, T, D) */
+    real *d_atty;      /* (B, T, D) */
+    real *d_qkv;       /* (B, T, 3D) */
+    real *d_fc;        /* (B, T, M) */
+    real *d_fc2;       /* (B, T, M) */
+    real *d_small;     /* (B, D) x3 and (B, K) */
+    /* optional: d loss / d resid[l] for every l, (L+1, B, T, D); NULL unless tsr_vit_keep_resid_grads */
+    real *d_resid_all;
+    int has_labels;
+    const int *labels;
+} tsr_vit;
+
+#define tsr_vit_create TSR_R(tsr_vit_create)
+#define tsr_vit_destroy TSR_R(tsr_vit_destroy)
+#define tsr_vit_init_random TSR_R(tsr_vit_init_random)
+#define tsr_vit_forward TSR_R(tsr_vit_forward)
+#define tsr_vit_backward TSR_R(tsr_vit_backward)
+#define tsr_vit_zero_grad TSR_R(tsr_vit_zero_grad)
+#define tsr_vit_keep_resid_grads TSR_R(tsr_vit_keep_resid_grads)
+#define tsr_vit_tensor_info TSR_R(tsr_vit_tensor_info)
+
+/* Allocate a model for batches of up to max_batch images. Parameters start at zero. 0 / -1. */
+int tsr_vit_create(tsr_vit *m, const tsr_vit_config *c, int max_batch);
+void tsr_vit_destroy(tsr_vit *m);
+/* timm-style initialisation: truncated normal (std 0.02) weights, zero biases, LayerNorm (1, 0),
+ * pos_embed std 0.02, cls 1e-6 std, head zero. Deterministic for a seed. */
+void tsr_vit_init_random(tsr_vit *m, uint64_t seed);
+/* images (B, C, IMG, IMG) normalised floats. labels (B) or NULL. Returns the mean cross-entropy (0
+ * when labels is NULL). Logits land in m->acts.logits. */
+double tsr_vit_forward(tsr_vit *m, const real *images, const int *labels, int B);
+/* Accumulate gradients of the mean loss of the last forward (which needs labels). */
+void tsr_vit_backward(tsr_vit *m, const tsr_vit_trainable *tr);
+void tsr_vit_zero_grad(tsr_vit *m);
+void tsr_vit_keep_resid_grads(tsr_vit *m);
+
+/* Enumerate checkpoint tensors in timm naming: i in [0, n) where n = 4 + 12*depth + 4 (returned by
+ * calling with i = -1). Fills name, ndim, shape, and the pointer to the data inside `p` (params or
+ * grads). Returns the count for i = -1, 0 on success, -1 for i out of range. */
+int tsr_vit_tensor_info(const tsr_vit *m, const tsr_vit_params *p, int i, char *name, size_t name_len,
+                        int *ndim, int64_t shape[4], real **data);
+#endif

@@ -1,0 +1,746 @@
+/* safetensors.c: safetensors reader (whole file in memory, fully validated) and atomic writer. */
+#define _POSIX_C_SOURCE 200809L
+#include "io/safetensors.h"
+
+#include "core/common.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "safetensors.c assumes a little-endian host"
+#endif
+
+/* ------------------------------------------------------------------ dtypes */
+
+static const char *const dt_names[TSR_DT_COUNT] = {"F32", "F16", "BF16", "F64", "I64",
+                                                   "I32", "I16", "I8",   "U8",  "BOOL"};
+static const size_t dt_sizes[TSR_DT_COUNT] = {4, 2, 2, 8, 8, 4, 2, 1, 1, 1};
+
+const char *tsr_dtype_name(tsr_dtype dt) {
+    return ((unsigned)dt < TSR_DT_COUNT) ? dt_names[dt] : "?";
+}
+
+size_t tsr_dtype_size(tsr_dtype dt) { return ((unsigned)dt < TSR_DT_COUNT) ? dt_sizes[dt] : 0; }
+
+int tsr_dtype_from_name(const char *name, tsr_dtype *dt) {
+    for (int i = 0; i < TSR_DT_COUNT; i++)
+        if (strcmp(name, dt_names[i]) == 0) {
+            *dt = (tsr_dtype)i;
+            return 0;
+        }
+    return -1;
+}
+
+static int dt_is_float(tsr_dtype dt) {
+    return dt == TSR_DT_F32 || dt == TSR_DT_F16 || dt == TSR_DT_BF16 || dt == TSR_DT_F64;
+}
+
+/* "[96, 32]" (or "[]" for a scalar) into buf. */
+static const char *fmt_shape(char *buf, size_t cap, int ndim, const int64_t *shape) {
+    size_t k = 0;
+    buf[0] = 0;
+    k += (size_t)snprintf(buf + k, cap - k, "[");
+    for (int i = 0; i < ndim && k < cap; i++)
+        k += (size_t)snprintf(buf + k, cap - k, "%s%" PRId64, i ? ", " : "", shape[i]);
+    if (k < cap) snprintf(buf + k, cap - k, "]");
+    return buf;
+}
+
+/* numel of a shape; -1 if the product overflows int64. Dims must be >= 0. */
+static int64_t shape_numel(int ndim, const int64_t *shape) {
+    for (int i = 0; i < ndim; i++)
+        if (shape[i] == 0) return 0;
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] > INT64_MAX / n) return -1;
+        n *= shape[i];
+    }
+    return n;
+}
+
+/* ------------------------------------------------------------------ scalar conversions */
+
+static float f32_from_bits(uint32_t u) {
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* IEEE binary16 -> binary32, exact for every input (subnormals, inf, nan payloads kept). */
+static float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t man = h & 0x3ffu;
+    uint32_t bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13); /* inf / nan */
+    } else if (exp != 0) {
+        bits = sign | ((exp - 15 + 127) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign; /* +-0 */
+    } else {
+        /* subnormal: man * 2^-24; normalise so the leading 1 reaches bit 10 */
+        int e = -14;
+        while (!(man & 0x400u)) {
+            man <<= 1;
+            e--;
+        }
+        man &= 0x3ffu;
+        bits = sign | ((uint32_t)(e + 127) << 23) | (man << 13);
+    }
+    return f32_from_bits(bits);
+}
+
+static float bf16_to_f32(uint16_t h) { return f32_from_bits((uint32_t)h << 16); }
+
+/* ------------------------------------------------------------------ reader */
+
+void tsr_st_close(tsr_st_file *f) {
+    if (!f) return;
+    for (int i = 0; i < f->n; i++) free(f->t[i].name);
+    free(f->t);
+    for (int i = 0; i < f->nmeta; i++) {
+        free(f->meta_keys[i]);
+        free(f->meta_vals[i]);
+    }
+    free(f->meta_keys);
+    free(f->meta_vals);
+    free(f->buf);
+    free(f->path);
+    memset(f, 0, sizeof *f);
+}
+
+static char *dupstr(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *p = tsr_malloc(n);
+    memcpy(p, s, n);
+    return p;
+}
+
+/* Read a JSON integer >= 0 into *out; 0 ok, -1 if not a non-negative integer. */
+static int json_nonneg(const json_t *v, int64_t *out) {
+    if (!json_is_integer(v)) return -1;
+    json_int_t x = json_integer_value(v);
+    if (x < 0) return -1;
+    *out = (int64_t)x;
+    return 0;
+}
+
+/* Parse one tensor entry into t (relative offsets; name set by caller). data_len = size of the
+ * data region. On error tsr_error is set with the path and tensor name. */
+static int parse_entry(const char *path, const char *name, json_t *v, uint64_t data_len,
+                       tsr_st_tensor *t) {
+    if (!json_is_object(v))
+        return tsr_error("%s: tensor '%s': header entry is not an object", path, name);
+
+    json_t *jdt = json_object_get(v, "dtype");
+    if (!jdt) return tsr_error("%s: tensor '%s': missing \"dtype\"", path, name);
+    if (!json_is_string(jdt)) return tsr_error("%s: tensor '%s': \"dtype\" is not a string", path, name);
+    if (tsr_dtype_from_name(json_string_value(jdt), &t->dtype) != 0)
+        return tsr_error("%s: tensor '%s': unknown dtype '%s' (supported: F32 F16 BF16 F64 I64 I32 "
+                         "I16 I8 U8 BOOL)",
+                         path, name, json_string_value(jdt));
+
+    json_t *js = json_object_get(v, "shape");
+    if (!js) return tsr_error("%s: tensor '%s': missing \"shape\"", path, name);
+    if (!json_is_array(js))
+        return tsr_error("%s: tensor '%s': \"shape\" is not an array of non-negative integers", path,
+                         name);
+    size_t nd = json_array_size(js);
+    if (nd > TSR_ST_MAX_DIMS)
+        return tsr_error("%s: tensor '%s': \"shape\" has %zu dims, at most %d supported", path, name,
+                         nd, TSR_ST_MAX_DIMS);
+    t->ndim = (int)nd;
+    for (size_t i = 0; i < nd; i++)
+        if (json_nonneg(json_array_get(js, i), &t->shape[i]) != 0)
+            return tsr_error("%s: tensor '%s': \"shape\" element %zu is not a non-negative integer",
+                             path, name, i);
+    t->numel = shape_numel(t->ndim, t->shape);
+    char sb[256];
+    if (t->numel < 0)
+        return tsr_error("%s: tensor '%s': element count of shape %s overflows", path, name,
+                         fmt_shape(sb, sizeof sb, t->ndim, t->shape));
+
+    json_t *jo = json_object_get(v, "data_offsets");
+    if (!jo) return tsr_error("%s: tensor '%s': missing \"data_offsets\"", path, name);
+    int64_t b, e;
+    if (!json_is_array(jo) || json_array_size(jo) != 2 || json_nonneg(json_array_get(jo, 0), &b) ||
+        json_nonneg(json_array_get(jo, 1), &e))
+        return tsr_error("%s: tensor '%s': \"data_offsets\" is not [begin, end] with two "
+                         "non-negative integers",
+                         path, name);
+    if (b > e)
+        return tsr_error("%s: tensor '%s': \"data_offsets\" begin %" PRId64 " > end %" PRId64, path,
+                         name, b, e);
+    if ((uint64_t)e > data_len)
+        return tsr_error("%s: tensor '%s': data_offsets end %" PRId64 " is beyond the data region "
+                         "(%" PRIu64 " bytes; truncated file?)",
+                         path, name, e, data_len);
+    size_t ds = tsr_dtype_size(t->dtype);
+    if (t->numel > INT64_MAX / (int64_t)ds)
+        return tsr_error("%s: tensor '%s': byte size of shape %s overflows", path, name,
+                         fmt_shape(sb, sizeof sb, t->ndim, t->shape));
+    uint64_t need = (uint64_t)t->numel * ds;
+    if ((uint64_t)(e - b) != need)
+        return tsr_error("%s: tensor '%s': data_offsets [%" PRId64 ", %" PRId64 "] span %" PRIu64
+                         " bytes but shape %s of %s needs %" PRIu64 " bytes",
+                         path, name, b, e, (uint64_t)(e - b),
+                         fmt_shape(sb, sizeof sb, t->ndim, t->shape), tsr_dtype_name(t->dtype),
+                         need);
+    t->begin = (uint64_t)b;
+    t->end = (uint64_t)e;
+    return 0;
+}
+
+static int parse_metadata(const char *path, json_t *m, tsr_st_file *f) {
+    if (!json_is_object(m))
+        return tsr_error("%s: \"__metadata__\" is not an object of string values", path);
+    size_t cnt = json_object_size(m);
+    f->meta_keys = tsr_calloc(cnt, sizeof(char *));
+    f->meta_vals = tsr_calloc(cnt, sizeof(char *));
+    const char *k;
+    json_t *v;
+    json_object_foreach(m, k, v) {
+        if (!json_is_string(v))
+            return tsr_error("%s: \"__metadata__\" value for key '%s' is not a string", path, k);
+        f->meta_keys[f->nmeta] = dupstr(k);
+        f->meta_vals[f->nmeta] = dupstr(json_string_value(v));
+        f->nmeta++;
+    }
+    return 0;
+}
+
+static int cmp_by_begin(const void *a, const void *b) {
+    const tsr_st_tensor *x = *(const tsr_st_tensor *const *)a, *y = *(const tsr_st_tensor *const *)b;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+    if (x->end != y->end) return x->end < y->end ? -1 : 1;
+    return 0;
+}
+
+/* Non-empty tensors must occupy disjoint byte ranges (empty ones occupy nothing). */
+static int check_overlaps(const tsr_st_file *f) {
+    if (f->n < 2) return 0;
+    const tsr_st_tensor **ord = tsr_malloc((size_t)f->n * sizeof *ord);
+    int m = 0;
+    for (int i = 0; i < f->n; i++)
+        if (f->t[i].end > f->t[i].begin) ord[m++] = &f->t[i];
+    qsort(ord, (size_t)m, sizeof *ord, cmp_by_begin);
+    int rc = 0;
+    const tsr_st_tensor *far = NULL; /* the tensor reaching furthest so far */
+    for (int i = 0; i < m; i++) {
+        if (far && ord[i]->begin < far->end) {
+            rc = tsr_error("%s: tensors '%s' (data_offsets [%" PRIu64 ", %" PRIu64
+                           "]) and '%s' ([%" PRIu64 ", %" PRIu64 "]) overlap",
+                           f->path, far->name, far->begin, far->end, ord[i]->name, ord[i]->begin,
+                           ord[i]->end);
+            break;
+        }
+        if (!far || ord[i]->end > far->end) far = ord[i];
+    }
+    free(ord);
+    return rc;
+}
+
+static int open_impl(tsr_st_file *f, const char *path) {
+    f->path = dupstr(path);
+    struct stat st;
+    if (stat(path, &st) != 0) return tsr_error("%s: cannot open (%s)", path, strerror(errno));
+    if (!S_ISREG(st.st_mode)) return tsr_error("%s: not a regular file", path);
+    char *raw = NULL;
+    size_t size = 0;
+    if (tsr_read_file(path, &raw, &size) != 0) return -1;
+    f->buf = (uint8_t *)raw;
+    f->size = size;
+    if (size < 8)
+        return tsr_error("%s: file is %zu bytes, too short for a safetensors header (need at least "
+                         "8)",
+                         path, size);
+    uint64_t hlen;
+    memcpy(&hlen, f->buf, 8);
+    if (hlen > size - 8)
+        return tsr_error("%s: header length %" PRIu64 " is larger than the rest of the file (%zu "
+                         "bytes; truncated or not a safetensors file?)",
+                         path, hlen, size - 8);
+    uint64_t data_off = 8 + hlen, data_len = size - data_off;
+
+    json_error_t jerr;
+    json_t *root = json_loadb((const char *)f->buf + 8, (size_t)hlen,
+                              JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    if (!root)
+        return tsr_error("%s: header is not valid JSON: %s (line %d, column %d, header byte %d)",
+                         path, jerr.text, jerr.line, jerr.column, jerr.position);
+    int rc = 0;
+    if (!json_is_object(root)) {
+        rc = tsr_error("%s: header is not a JSON object", path);
+        goto done;
+    }
+    size_t cnt = json_object_size(root);
+    if (cnt > (size_t)INT32_MAX) {
+        rc = tsr_error("%s: too many header entries (%zu)", path, cnt);
+        goto done;
+    }
+    f->t = tsr_calloc(cnt, sizeof *f->t);
+    const char *k;
+    json_t *v;
+    json_object_foreach(root, k, v) {
+        if (strcmp(k, "__metadata__") == 0) {
+            if ((rc = parse_metadata(path, v, f)) != 0) goto done;
+            continue;
+        }
+        tsr_st_tensor *t = &f->t[f->n];
+        if ((rc = parse_entry(path, k, v, data_len, t)) != 0) goto done;
+        t->name = dupstr(k);
+        f->n++;
+    }
+    for (int i = 0; i < f->n; i++) {
+        f->t[i].begin += data_off;
+        f->t[i].end += data_off;
+    }
+    rc = check_overlaps(f);
+done:
+    json_decref(root);
+    return rc;
+}
+
+int tsr_st_open(tsr_st_file *f, const char *path) {
+    memset(f, 0, sizeof *f);
+    if (open_impl(f, path) != 0) {
+        tsr_st_close(f);
+        return -1;
+    }
+    return 0;
+}
+
+const tsr_st_tensor *tsr_st_find(const tsr_st_file *f, const char *name) {
+    for (int i = 0; i < f->n; i++)
+        if (strcmp(f->t[i].name, name) == 0) return &f->t[i];
+    return NULL;
+}
+
+const char *tsr_st_meta(const tsr_st_file *f, const char *key) {
+    for (int i = 0; i < f->nmeta; i++)
+        if (strcmp(f->meta_keys[i], key) == 0) return f->meta_vals[i];
+    return NULL;
+}
+
+const void *tsr_st_data(const tsr_st_file *f, const tsr_st_tensor *t) { return f->buf + t->begin; }
+
+/* Common checks for the typed reads: tensor inside the buffer, element count matches. */
+static int read_check(const tsr_st_file *f, const tsr_st_tensor *t, int64_t n, const char *what) {
+    if (t->begin > t->end || t->end > f->size ||
+        t->end - t->begin != (uint64_t)t->numel * tsr_dtype_size(t->dtype))
+        return tsr_error("%s: tensor '%s': descriptor is inconsistent with the file", f->path,
+                         t->name);
+    if (n != t->numel)
+        return tsr_error("%s: tensor '%s': element count mismatch reading as %s: expected %" PRId64
+                         " (destination size), tensor has %" PRId64,
+                         f->path, t->name, what, n, t->numel);
+    return 0;
+}
+
+int tsr_st_read_f32(const tsr_st_file *f, const tsr_st_tensor *t, float *dst, int64_t n) {
+    if (!dt_is_float(t->dtype))
+        return tsr_error("%s: tensor '%s' has dtype %s, cannot read it as float", f->path, t->name,
+                         tsr_dtype_name(t->dtype));
+    if (read_check(f, t, n, "float") != 0) return -1;
+    const uint8_t *p = f->buf + t->begin;
+    switch (t->dtype) {
+    case TSR_DT_F32:
+        if (n) memcpy(dst, p, (size_t)n * 4);
+        break;
+    case TSR_DT_F64:
+        for (int64_t i = 0; i < n; i++) {
+            double d;
+            memcpy(&d, p + 8 * i, 8);
+            dst[i] = (float)d;
+        }
+        break;
+    case TSR_DT_F16:
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            dst[i] = f16_to_f32(h);
+        }
+        break;
+    case TSR_DT_BF16:
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            dst[i] = bf16_to_f32(h);
+        }
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+int tsr_st_read_f64(const tsr_st_file *f, const tsr_st_tensor *t, double *dst, int64_t n) {
+    if (!dt_is_float(t->dtype))
+        return tsr_error("%s: tensor '%s' has dtype %s, cannot read it as double", f->path, t->name,
+                         tsr_dtype_name(t->dtype));
+    if (read_check(f, t, n, "double") != 0) return -1;
+    const uint8_t *p = f->buf + t->begin;
+    switch (t->dtype) {
+    case TSR_DT_F64:
+        if (n) memcpy(dst, p, (size_t)n * 8);
+        break;
+    case TSR_DT_F32:
+        for (int64_t i = 0; i < n; i++) {
+            float x;
+            memcpy(&x, p + 4 * i, 4);
+            dst[i] = (double)x;
+        }
+        break;
+    case TSR_DT_F16:
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            dst[i] = (double)f16_to_f32(h);
+        }
+        break;
+    case TSR_DT_BF16:
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            dst[i] = (double)bf16_to_f32(h);
+        }
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+int tsr_st_read_i64(const tsr_st_file *f, const tsr_st_tensor *t, int64_t *dst, int64_t n) {
+    if (dt_is_float(t->dtype) || (unsigned)t->dtype >= TSR_DT_COUNT)
+        return tsr_error("%s: tensor '%s' has dtype %s, cannot read it as an integer", f->path,
+                         t->name, tsr_dtype_name(t->dtype));
+    if (read_check(f, t, n, "int64") != 0) return -1;
+    const uint8_t *p = f->buf + t->begin;
+    for (int64_t i = 0; i < n; i++) {
+        switch (t->dtype) {
+        case TSR_DT_I64: memcpy(&dst[i], p + 8 * i, 8); break;
+        case TSR_DT_I32: {
+            int32_t x;
+            memcpy(&x, p + 4 * i, 4);
+            dst[i] = x;
+            break;
+        }
+        case TSR_DT_I16: {
+            int16_t x;
+            memcpy(&x, p + 2 * i, 2);
+            dst[i] = x;
+            break;
+        }
+        case TSR_DT_I8: dst[i] = (int8_t)p[i]; break;
+        case TSR_DT_U8: dst[i] = p[i]; break;
+        case TSR_DT_BOOL: dst[i] = p[i] != 0; break;
+        default: break;
+        }
+    }
+    return 0;
+}
+
+const tsr_st_tensor *tsr_st_expect(const tsr_st_file *f, const char *name, int ndim,
+                                   const int64_t *shape) {
+    char want[256], got[256];
+    if (ndim < 0 || ndim > TSR_ST_MAX_DIMS) {
+        tsr_error("%s: tensor '%s': expected rank %d is invalid", f->path, name, ndim);
+        return NULL;
+    }
+    fmt_shape(want, sizeof want, ndim, shape);
+    const tsr_st_tensor *t = tsr_st_find(f, name);
+    if (!t) {
+        tsr_error("%s: tensor '%s' not found (expected shape %s)", f->path, name, want);
+        return NULL;
+    }
+    int same = t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    if (!same) {
+        tsr_error("%s: tensor '%s' has shape %s, expected %s", f->path, name,
+                  fmt_shape(got, sizeof got, t->ndim, t->shape), want);
+        return NULL;
+    }
+    return t;
+}
+
+/* ------------------------------------------------------------------ writer */
+
+typedef struct {
+    char *name;
+    tsr_dtype dtype;
+    int ndim;
+    int64_t shape[TSR_ST_MAX_DIMS];
+    const void *data;
+    uint64_t nbytes;
+} wr_tensor;
+
+struct tsr_st_writer {
+    wr_tensor *t;
+    int n, cap;
+    char **mk, **mv;
+    int nmeta, capmeta;
+    char err[1024]; /* first argument error from add/meta, reported by write */
+};
+
+tsr_st_writer *tsr_st_writer_new(void) { return tsr_calloc(1, sizeof(tsr_st_writer)); }
+
+void tsr_st_writer_free(tsr_st_writer *w) {
+    if (!w) return;
+    for (int i = 0; i < w->n; i++) free(w->t[i].name);
+    free(w->t);
+    for (int i = 0; i < w->nmeta; i++) {
+        free(w->mk[i]);
+        free(w->mv[i]);
+    }
+    free(w->mk);
+    free(w->mv);
+    free(w);
+}
+
+static void writer_fail(tsr_st_writer *w, const char *fmt, ...) TSR_PRINTF(2, 3);
+static void writer_fail(tsr_st_writer *w, const char *fmt, ...) {
+    if (w->err[0]) return; /* keep the first */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(w->err, sizeof w->err, fmt, ap);
+    va_end(ap);
+}
+
+void tsr_st_writer_add(tsr_st_writer *w, const char *name, tsr_dtype dt, int ndim,
+                       const int64_t *shape, const void *data) {
+    if (!name) {
+        writer_fail(w, "tensor name is NULL");
+        return;
+    }
+    if (strcmp(name, "__metadata__") == 0) {
+        writer_fail(w, "tensor name '__metadata__' is reserved");
+        return;
+    }
+    if ((unsigned)dt >= TSR_DT_COUNT) {
+        writer_fail(w, "tensor '%s': invalid dtype %d", name, (int)dt);
+        return;
+    }
+    if (ndim < 0 || ndim > TSR_ST_MAX_DIMS) {
+        writer_fail(w, "tensor '%s': rank %d not in 0..%d", name, ndim, TSR_ST_MAX_DIMS);
+        return;
+    }
+    for (int i = 0; i < ndim; i++)
+        if (shape[i] < 0) {
+            writer_fail(w, "tensor '%s': negative dimension %" PRId64 " in shape", name, shape[i]);
+            return;
+        }
+    for (int i = 0; i < w->n; i++)
+        if (strcmp(w->t[i].name, name) == 0) {
+            writer_fail(w, "duplicate tensor name '%s'", name);
+            return;
+        }
+    int64_t numel = shape_numel(ndim, shape);
+    size_t ds = tsr_dtype_size(dt);
+    if (numel < 0 || numel > INT64_MAX / (int64_t)ds) {
+        writer_fail(w, "tensor '%s': size overflows", name);
+        return;
+    }
+    if (numel > 0 && !data) {
+        writer_fail(w, "tensor '%s': data is NULL", name);
+        return;
+    }
+    if (w->n == w->cap) {
+        w->cap = w->cap ? 2 * w->cap : 16;
+        wr_tensor *nt = realloc(w->t, (size_t)w->cap * sizeof *nt);
+        if (!nt) tsr_fatal("out of memory growing safetensors writer");
+        w->t = nt;
+    }
+    wr_tensor *t = &w->t[w->n++];
+    memset(t, 0, sizeof *t);
+    t->name = dupstr(name);
+    t->dtype = dt;
+    t->ndim = ndim;
+    for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
+    t->data = data;
+    t->nbytes = (uint64_t)numel * ds;
+}
+
+void tsr_st_writer_meta(tsr_st_writer *w, const char *key, const char *val) {
+    if (!key || !val) {
+        writer_fail(w, "metadata key or value is NULL");
+        return;
+    }
+    for (int i = 0; i < w->nmeta; i++)
+        if (strcmp(w->mk[i], key) == 0) {
+            writer_fail(w, "duplicate metadata key '%s'", key);
+            return;
+        }
+    if (w->nmeta == w->capmeta) {
+        w->capmeta = w->capmeta ? 2 * w->capmeta : 8;
+        char **a = realloc(w->mk, (size_t)w->capmeta * sizeof *a);
+        if (!a) tsr_fatal("out of memory growing safetensors writer");
+        w->mk = a;
+        a = realloc(w->mv, (size_t)w->capmeta * sizeof *a);
+        if (!a) tsr_fatal("out of memory growing safetensors writer");
+        w->mv = a;
+    }
+    w->mk[w->nmeta] = dupstr(key);
+    w->mv[w->nmeta] = dupstr(val);
+    w->nmeta++;
+}
+
+/* Build the JSON header (malloc'ed, unpadded). NULL with tsr_error on invalid UTF-8 etc. */
+static char *build_header(const tsr_st_writer *w, const char *path) {
+    json_t *root = json_object();
+    json_t *meta = NULL;
+    char *out = NULL;
+    if (!root) goto oom;
+    if (w->nmeta > 0) {
+        meta = json_object();
+        if (!meta) goto oom;
+        for (int i = 0; i < w->nmeta; i++) {
+            json_t *s = json_string(w->mv[i]);
+            if (!s) {
+                tsr_error("%s: metadata value for key '%s' is not valid UTF-8", path, w->mk[i]);
+                goto fail;
+            }
+            if (json_object_set_new(meta, w->mk[i], s) != 0) {
+                tsr_error("%s: metadata key '%s' is not valid UTF-8", path, w->mk[i]);
+                goto fail;
+            }
+        }
+        int r = json_object_set_new(root, "__metadata__", meta);
+        meta = NULL; /* reference stolen, even on failure */
+        if (r != 0) goto oom;
+    }
+    uint64_t off = 0;
+    for (int i = 0; i < w->n; i++) {
+        const wr_tensor *t = &w->t[i];
+        if (t->nbytes > (uint64_t)INT64_MAX - off) {
+            tsr_error("%s: total tensor data size overflows", path);
+            goto fail;
+        }
+        json_t *shape = json_array();
+        int bad = !shape;
+        for (int d = 0; !bad && d < t->ndim; d++)
+            bad = json_array_append_new(shape, json_integer((json_int_t)t->shape[d])) != 0;
+        if (bad) {
+            json_decref(shape);
+            goto oom;
+        }
+        /* "o" steals the reference to shape, also when json_pack fails */
+        json_t *e = json_pack("{s:s, s:o, s:[I, I]}", "dtype", tsr_dtype_name(t->dtype), "shape",
+                              shape, "data_offsets", (json_int_t)off,
+                              (json_int_t)(off + t->nbytes));
+        if (!e) goto oom;
+        if (json_object_set_new(root, t->name, e) != 0) {
+            tsr_error("%s: tensor name '%s' is not valid UTF-8", path, t->name);
+            goto fail;
+        }
+        off += t->nbytes;
+    }
+    out = json_dumps(root, JSON_COMPACT);
+    if (!out) goto oom;
+    json_decref(root);
+    return out;
+oom:
+    tsr_error("%s: out of memory building the safetensors header", path);
+fail:
+    json_decref(meta);
+    json_decref(root);
+    return NULL;
+}
+
+static int write_all(int fd, const void *data, uint64_t n) {
+    const uint8_t *p = data;
+    while (n > 0) {
+        size_t chunk = n > ((uint64_t)1 << 30) ? ((size_t)1 << 30) : (size_t)n;
+        ssize_t r = write(fd, p, chunk);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += r;
+        n -= (uint64_t)r;
+    }
+    return 0;
+}
+
+/* fsync the directory holding path so the rename is durable (best effort). */
+static void fsync_parent(const char *path) {
+    const char *slash = strrchr(path, '/');
+    char *dir;
+    if (!slash) {
+        dir = dupstr(".");
+    } else {
+        size_t len = slash == path ? 1 : (size_t)(slash - path);
+        dir = tsr_malloc(len + 1);
+        memcpy(dir, path, len);
+        dir[len] = 0;
+    }
+    int fd = open(dir, O_RDONLY);
+    if (fd >= 0) {
+        (void)fsync(fd);
+        close(fd);
+    }
+    free(dir);
+}
+
+int tsr_st_writer_write(tsr_st_writer *w, const char *path) {
+    if (w->err[0]) return tsr_error("%s: %s", path, w->err);
+    char *hdr = build_header(w, path);
+    if (!hdr) return -1;
+    size_t hl = strlen(hdr);
+    size_t padded = (hl + 7) & ~(size_t)7; /* 8 + padded is a multiple of 8 */
+    uint8_t *head = tsr_malloc(8 + padded);
+    uint64_t hl64 = padded;
+    memcpy(head, &hl64, 8);
+    memcpy(head + 8, hdr, hl);
+    memset(head + 8 + hl, ' ', padded - hl);
+    free(hdr);
+
+    size_t tl = strlen(path) + 32;
+    char *tmp = tsr_malloc(tl);
+    snprintf(tmp, tl, "%s.tmp.%ld", path, (long)getpid());
+    int rc = 0;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+        rc = tsr_error("%s: cannot create temporary file %s (%s)", path, tmp, strerror(errno));
+        goto out;
+    }
+    int ok = write_all(fd, head, 8 + padded) == 0;
+    for (int i = 0; ok && i < w->n; i++)
+        if (w->t[i].nbytes) ok = write_all(fd, w->t[i].data, w->t[i].nbytes) == 0;
+    if (!ok) {
+        rc = tsr_error("%s: write to %s failed (%s)", path, tmp, strerror(errno));
+        close(fd);
+        unlink(tmp);
+        goto out;
+    }
+    if (fsync(fd) != 0) {
+        rc = tsr_error("%s: fsync of %s failed (%s)", path, tmp, strerror(errno));
+        close(fd);
+        unlink(tmp);
+        goto out;
+    }
+    if (close(fd) != 0) {
+        rc = tsr_error("%s: close of %s failed (%s)", path, tmp, strerror(errno));
+        unlink(tmp);
+        goto out;
+    }
+    if (rename(tmp, path) != 0) {
+        rc = tsr_error("%s: rename from %s failed (%s)", path, tmp, strerror(errno));
+        unlink(tmp);
+        goto out;
+    }
+    fsync_parent(path);
+out:
+    free(tmp);
+    free(head);
+    return rc;
+}

@@ -1,0 +1,105 @@
+/* safetensors.h: read and write the safetensors tensor container format.
+ *
+ * File layout: an 8-byte little-endian uint64 N, then N bytes of UTF-8 JSON (possibly padded with
+ * trailing spaces), then the data region. The JSON object maps each tensor name to
+ *   {"dtype": "F32", "shape": [d0, d1, ...], "data_offsets": [begin, end]}
+ * with offsets relative to the start of the data region; the optional key "__metadata__" maps to
+ * an object of string -> string.
+ *
+ * Reading: tsr_st_open reads the whole file into memory and validates every entry (dtype, shape,
+ * offsets within the data region, byte counts, no overlaps, no duplicate names) so that the
+ * accessors below never read out of bounds. Errors follow the common.h convention (0 / -1 plus
+ * tsr_error); every message starts with the file path and names the tensor or field concerned.
+ *
+ * Writing: tsr_st_writer collects tensors (pointers to caller memory, not copied) and metadata and
+ * writes them atomically (path.tmp.<pid>, fsync, rename). Tensors are stored in the order added,
+ * and the header is padded with spaces so the data region starts 8-byte aligned.
+ *
+ * Byte order: the format is little-endian and the host must be too (checked at compile time). */
+#ifndef TSR_IO_SAFETENSORS_H
+#define TSR_IO_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+    TSR_DT_F32,
+    TSR_DT_F16,
+    TSR_DT_BF16,
+    TSR_DT_F64,
+    TSR_DT_I64,
+    TSR_DT_I32,
+    TSR_DT_I16,
+    TSR_DT_I8,
+    TSR_DT_U8,
+    TSR_DT_BOOL
+} tsr_dtype;
+#define TSR_DT_COUNT 10
+
+/* "F32", "F16", ... ("?" for an out-of-range value). */
+const char *tsr_dtype_name(tsr_dtype dt);
+/* Bytes per element (0 for an out-of-range value). */
+size_t tsr_dtype_size(tsr_dtype dt);
+/* Parse a dtype name ("F32", ...). Returns 0 and sets *dt, or -1 (no tsr_error) if unknown. */
+int tsr_dtype_from_name(const char *name, tsr_dtype *dt);
+
+#define TSR_ST_MAX_DIMS 8
+
+typedef struct {
+    char *name;
+    tsr_dtype dtype;
+    int ndim;
+    int64_t shape[TSR_ST_MAX_DIMS];
+    uint64_t begin, end; /* absolute byte offsets in the file (end exclusive) */
+    int64_t numel;       /* product of shape (1 for a scalar, 0 if any dim is 0) */
+} tsr_st_tensor;
+
+typedef struct {
+    char *path;
+    uint8_t *buf; /* whole file read into memory */
+    size_t size;
+    int n;            /* number of tensors */
+    tsr_st_tensor *t; /* in header order (the order they were written) */
+    int nmeta;
+    char **meta_keys;
+    char **meta_vals;
+} tsr_st_file;
+
+/* Read and validate path. 0 / -1 (tsr_error). On failure *f is left zeroed (closing it is safe). */
+int tsr_st_open(tsr_st_file *f, const char *path);
+/* Free everything and zero *f. Safe on a zeroed or already closed struct. */
+void tsr_st_close(tsr_st_file *f);
+/* Tensor by name, NULL if absent. */
+const tsr_st_tensor *tsr_st_find(const tsr_st_file *f, const char *name);
+/* Metadata value by key, NULL if absent. */
+const char *tsr_st_meta(const tsr_st_file *f, const char *key);
+/* Raw little-endian bytes of a tensor (t->end - t->begin of them; not necessarily aligned). */
+const void *tsr_st_data(const tsr_st_file *f, const tsr_st_tensor *t);
+
+/* Copy a tensor into dst converting to float / double. F32, F16, BF16 and F64 are accepted
+ * (F64 -> float rounds to nearest; F16/BF16 conversions are exact); integer dtypes are refused.
+ * n = number of elements dst holds; it must equal t->numel. 0 / -1 (tsr_error). */
+int tsr_st_read_f32(const tsr_st_file *f, const tsr_st_tensor *t, float *dst, int64_t n);
+int tsr_st_read_f64(const tsr_st_file *f, const tsr_st_tensor *t, double *dst, int64_t n);
+/* Integer read: I64, I32, I16, I8, U8, BOOL (BOOL bytes read as 0 / 1); float dtypes refused. */
+int tsr_st_read_i64(const tsr_st_file *f, const tsr_st_tensor *t, int64_t *dst, int64_t n);
+
+/* Check that tensor `name` exists with exactly this shape (ndim dims). Returns the tensor, or NULL
+ * with tsr_error set, e.g. "ckpt.safetensors: tensor 'blocks.0.attn.qkv.weight' has shape
+ * [96, 32], expected [96, 16]". The dtype is not checked. */
+const tsr_st_tensor *tsr_st_expect(const tsr_st_file *f, const char *name, int ndim,
+                                   const int64_t *shape);
+
+/* Writer. Argument problems found by add/meta (duplicate name, bad shape, NULL data with a
+ * non-empty shape, ...) are remembered and reported by tsr_st_writer_write, which then writes
+ * nothing. Strings (names, keys, values) are copied; tensor data is not and must stay valid until
+ * the write. Metadata is written as "__metadata__" first, then tensors in the order added. */
+typedef struct tsr_st_writer tsr_st_writer;
+tsr_st_writer *tsr_st_writer_new(void);
+void tsr_st_writer_add(tsr_st_writer *w, const char *name, tsr_dtype dt, int ndim,
+                       const int64_t *shape, const void *data);
+void tsr_st_writer_meta(tsr_st_writer *w, const char *key, const char *val);
+int tsr_st_writer_write(tsr_st_writer *w, const char *path); /* 0 / -1 (tsr_error) */
+void tsr_st_writer_free(tsr_st_writer *w);                    /* NULL-safe */
+
+#endif

@@ -1,0 +1,113 @@
+/* tsr_config.c: tessera's configuration schema and cross-key checks. Keep configs/default.yaml in
+ * step with this table (tests/unit/test_config.c checks that it loads to the same defaults). */
+#define _POSIX_C_SOURCE 200809L
+#include "io/tsr_config.h"
+
+#include "core/common.h"
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* min > max (1, 0): no range */
+#define F(k, t, m, lo, hi, ch, d, h) {k, t, offsetof(tsr_config, m), lo, hi, ch, d, h}
+
+const cfg_field tsr_config_schema[] = {
+    /* model */
+    F("model.name", CFG_STRING, model.name, 1, 0, NULL, "\"vit-s-28\"",
+      "model name, recorded in checkpoints and logs"),
+    F("model.image_size", CFG_INT, model.image_size, 1, 4096, NULL, "28",
+      "input image side in pixels (images are square)"),
+    F("model.patch_size", CFG_INT, model.patch_size, 1, 1024, NULL, "4",
+      "patch side in pixels; must divide model.image_size"),
+    F("model.channels", CFG_INT, model.channels, 1, 16, NULL, "1", "input channels (1 for Fashion-MNIST)"),
+    F("model.dim", CFG_INT, model.dim, 1, 65536, NULL, "192",
+      "embedding width; must be divisible by model.heads"),
+    F("model.depth", CFG_INT, model.depth, 1, 1024, NULL, "6", "number of transformer blocks"),
+    F("model.heads", CFG_INT, model.heads, 1, 1024, NULL, "3", "attention heads per block"),
+    F("model.mlp_dim", CFG_INT, model.mlp_dim, 1, 1048576, NULL, "768",
+      "hidden width of the MLP in each block"),
+    F("model.num_classes", CFG_INT, model.num_classes, 1, 1000000, NULL, "10", "number of output classes"),
+    F("model.ln_eps", CFG_FLOAT, model.ln_eps, 0, 1, NULL, "1.0e-6", "LayerNorm epsilon"),
+    F("model.naming", CFG_ENUM, model.naming, 1, 0, "timm|hf", "\"timm\"",
+      "tensor naming used when writing checkpoints: timm | hf"),
+    /* data */
+    F("data.dataset", CFG_ENUM, data.dataset, 1, 0, "fashion-mnist|netcdf", "\"fashion-mnist\"",
+      "dataset format: fashion-mnist (idx files) | netcdf"),
+    F("data.path", CFG_STRING, data.path, 1, 0, NULL, "\"/usr/share/datasets/fashion-mnist\"",
+      "dataset location: the directory of the idx files, or the netCDF file"),
+    F("data.mean", CFG_FLOAT_LIST, data.mean, -1e6, 1e6, NULL, "[0.2860]",
+      "per-channel normalisation mean (model.channels entries, pixels scaled to [0, 1])"),
+    F("data.std", CFG_FLOAT_LIST, data.std, 0, 1e6, NULL, "[0.3530]",
+      "per-channel normalisation standard deviation (model.channels entries, each > 0)"),
+    /* train */
+    F("train.steps", CFG_INT, train.steps, 0, 1e9, NULL, "200", "optimiser steps"),
+    F("train.batch_size", CFG_INT, train.batch_size, 1, 1e6, NULL, "64",
+      "global batch size (all ranks together)"),
+    F("train.lr", CFG_FLOAT, train.lr, 0, 10, NULL, "1.0e-3", "peak learning rate (AdamW)"),
+    F("train.weight_decay", CFG_FLOAT, train.weight_decay, 0, 10, NULL, "0.05", "AdamW weight decay"),
+    F("train.warmup_steps", CFG_INT, train.warmup_steps, 0, 1e9, NULL, "20",
+      "linear learning-rate warmup steps (0 = none)"),
+    F("train.grad_clip", CFG_FLOAT, train.grad_clip, 0, 1e6, NULL, "1.0",
+      "clip the global gradient norm to this value (0 = off)"),
+    F("train.eval_every", CFG_INT, train.eval_every, 1, 1e9, NULL, "100", "evaluate every N steps"),
+    F("train.log_every", CFG_INT, train.log_every, 1, 1e9, NULL, "10", "log training metrics every N steps"),
+    /* run */
+    F("run.seed", CFG_INT, run.seed, 0, 2147483647.0, NULL, "1234",
+      "random seed (initialisation, shuffling)"),
+    F("run.threads", CFG_INT, run.threads, 0, 4096, NULL, "0",
+      "threads per rank (0 = cores / local ranks)"),
+    F("run.output_dir", CFG_STRING, run.output_dir, 1, 0, NULL, "\"runs/default\"",
+      "directory for checkpoints, logs and the resolved configuration"),
+    F("run.init", CFG_STRING, run.init, 1, 0, NULL, "\"\"",
+      "initial weights: \"\" = random initialisation, otherwise a checkpoint path"),
+};
+
+const int tsr_config_nfields = (int)(sizeof tsr_config_schema / sizeof tsr_config_schema[0]);
+
+static int cross_checks(const tsr_config *c, const char *src) {
+    if (c->model.dim % c->model.heads != 0)
+        return tsr_error("%s: model.dim (%ld) must be divisible by model.heads (%ld)", src, c->model.dim,
+                         c->model.heads);
+    if (c->model.image_size % c->model.patch_size != 0)
+        return tsr_error("%s: model.image_size (%ld) must be divisible by model.patch_size (%ld)", src,
+                         c->model.image_size, c->model.patch_size);
+    if (c->data.mean.n != c->model.channels)
+        return tsr_error("%s: data.mean has %d entries but model.channels is %ld", src, c->data.mean.n,
+                         c->model.channels);
+    if (c->data.std.n != c->model.channels)
+        return tsr_error("%s: data.std has %d entries but model.channels is %ld", src, c->data.std.n,
+                         c->model.channels);
+    for (int i = 0; i < c->data.std.n; i++)
+        if (!(c->data.std.v[i] > 0))
+            return tsr_error("%s: data.std[%d] must be > 0, got %g", src, i, c->data.std.v[i]);
+    if (!c->data.path[0]) return tsr_error("%s: data.path must not be empty", src);
+    if (!c->run.output_dir[0]) return tsr_error("%s: run.output_dir must not be empty", src);
+    return 0;
+}
+
+int tsr_config_load(tsr_config *c, const char *path, int nset, char *const *sets) {
+    tsr_config *tmp = tsr_calloc(1, sizeof *tmp);
+    int rc = cfg_load(tmp, tsr_config_schema, tsr_config_nfields, path, nset, sets);
+    if (rc == 0) {
+        char src[1100];
+        snprintf(src, sizeof src, "%s%s", path ? path : "configuration",
+                 nset > 0 ? " (with --set overrides)" : "");
+        rc = cross_checks(tmp, src);
+    }
+    if (rc == 0) memcpy(c, tmp, sizeof *c);
+    free(tmp);
+    return rc;
+}
+
+char *tsr_config_dump(const tsr_config *c) {
+    static const char header[] = "# tessera configuration, resolved (defaults, file, then --set overrides)\n\n";
+    char *body = cfg_dump(c, tsr_config_schema, tsr_config_nfields);
+    size_t nb = strlen(body);
+    char *out = tsr_malloc(sizeof header + nb);
+    memcpy(out, header, sizeof header - 1);
+    memcpy(out + sizeof header - 1, body, nb + 1);
+    free(body);
+    return out;
+}

@@ -1,0 +1,65 @@
+/* tsr_config.h: tessera's configuration (model, data, training, run) and its schema.
+ *
+ * Every key, its type, range and default is listed in tsr_config_schema (tsr_config.c) and in
+ * configs/default.yaml. Integers are long, floats double, strings and enums NUL-terminated
+ * char[CFG_STR_MAX] (compare enums with strcmp: model.naming is "timm" or "hf", data.dataset is
+ * "fashion-mnist" or "netcdf"). */
+#ifndef TSR_IO_TSR_CONFIG_H
+#define TSR_IO_TSR_CONFIG_H
+
+#include "io/config.h"
+
+typedef struct {
+    struct {
+        char name[CFG_STR_MAX]; /* free-form model name, recorded in checkpoints and logs */
+        long image_size;        /* input images are image_size x image_size */
+        long patch_size;        /* square patches; image_size % patch_size == 0 */
+        long channels;          /* input channels (1 for Fashion-MNIST) */
+        long dim;               /* embedding width; dim % heads == 0 */
+        long depth;             /* transformer blocks */
+        long heads;             /* attention heads per block */
+        long mlp_dim;           /* hidden width of the MLP in each block */
+        long num_classes;       /* classifier outputs */
+        double ln_eps;          /* LayerNorm epsilon */
+        char naming[CFG_STR_MAX]; /* "timm" | "hf": tensor names written to checkpoints */
+    } model;
+    struct {
+        char dataset[CFG_STR_MAX]; /* "fashion-mnist" | "netcdf" */
+        char path[CFG_STR_MAX];    /* dataset directory or file */
+        cfg_float_list mean;       /* per-channel normalisation mean, model.channels entries */
+        cfg_float_list std;        /* per-channel normalisation std (> 0), model.channels entries */
+    } data;
+    struct {
+        long steps;          /* optimiser steps */
+        long batch_size;     /* global batch size (all ranks together) */
+        double lr;           /* peak learning rate (AdamW) */
+        double weight_decay; /* AdamW decoupled weight decay */
+        long warmup_steps;   /* linear warmup steps (0 = none) */
+        double grad_clip;    /* global gradient-norm clip (0 = off) */
+        long eval_every;     /* evaluate every N steps */
+        long log_every;      /* log every N steps */
+    } train;
+    struct {
+        long seed;                    /* random seed (initialisation, shuffling, augmentation) */
+        long threads;                 /* threads per rank (0 = cores / local ranks) */
+        char output_dir[CFG_STR_MAX]; /* checkpoints, logs and the resolved configuration */
+        char init[CFG_STR_MAX];       /* "" = random initialisation, otherwise a checkpoint path */
+    } run;
+} tsr_config;
+
+extern const cfg_field tsr_config_schema[];
+extern const int tsr_config_nfields;
+
+/* Load defaults, then the YAML file at path (NULL: defaults only), then the "key=value"
+ * overrides (see cfg_load), then check the relations between keys: model.dim divisible by
+ * model.heads, model.image_size divisible by model.patch_size, data.mean and data.std with
+ * model.channels entries each, data.std entries > 0, data.path and run.output_dir not empty.
+ * Returns 0, or -1 with tsr_error naming the source and the keys. On error *c is unchanged; on
+ * success the whole struct (padding included) is rewritten, so loaded configs compare with memcmp. */
+int tsr_config_load(tsr_config *c, const char *path, int nset, char *const *sets);
+
+/* The resolved configuration as commented YAML (malloc'ed; free with free()). Loads back through
+ * tsr_config_load to the identical struct. */
+char *tsr_config_dump(const tsr_config *c);
+
+#endif

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs every system dependency of tessera from Debian 12 packages. Idempotent: packages already
+# present are left alone. Run as root (or with sudo). Usage: scripts/setup.sh
+set -euo pipefail
+PKGS=(
+  # toolchain and build
+  build-essential cmake pkg-config git
+  # MPI, distributed linear algebra, parallel netCDF
+  libopenmpi-dev openmpi-bin libscalapack-openmpi-dev libnetcdf-mpi-dev netcdf-bin
+  # BLAS: BLIS (default, detects AVX-512 correctly) and OpenBLAS (alternative)
+  libblis-dev libopenblas-dev
+  # checkpoints (safetensors JSON header), configuration, tests
+  libjansson-dev libyaml-dev libcmocka-dev
+  # data: fonts, images, Fashion-MNIST
+  libfreetype-dev fontconfig fonts-noto-core libpng-dev libjpeg-dev dataset-fashion-mnist zlib1g-dev
+  # PyTorch parity oracle and analysis (Debian's python3, not pip)
+  python3 python3-torch python3-numpy python3-netcdf4 python3-xarray python3-matplotlib python3-yaml
+  # a real single-node Slurm for the end-to-end test
+  slurmctld slurmd slurm-client munge
+)
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: all ${#PKGS[@]} packages already installed"
+  exit 0
+fi
+echo "setup: installing ${#missing[@]} packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+echo "setup: done"

@@ -1,0 +1,257 @@
+/* cmd_predict.c: `tessera predict`: logits of a ViT checkpoint (timm or Hugging Face naming) on a batch
+ * of images from a safetensors file (`input`, (B, C, H, W) float32, already normalised) or a netCDF
+ * dataset (ubyte images, normalised with data.mean / data.std), written to safetensors or netCDF.
+ * This is how users and other implementations compare against tessera. */
+#define _POSIX_C_SOURCE 200809L
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "build_info.h"
+#include "cmd/commands.h"
+#include "core/common.h"
+#include "data/dataset_nc.h"
+#include "dist/parallel.h"
+#include "io/checkpoint.h"
+#include "io/safetensors.h"
+#include "io/tsr_config.h"
+#include "model/vit.h"
+
+static void predict_usage(FILE *f) {
+    fprintf(f,
+            "usage: tessera predict --checkpoint FILE --input FILE --output FILE [options]\n"
+            "  --checkpoint FILE   ViT weights, safetensors, timm or Hugging Face naming (F32/F16/BF16)\n"
+            "  --input FILE        .safetensors holding `input` (B, C, H, W) float32, or a netCDF dataset (.nc)\n"
+            "  --output FILE       .safetensors (tensor `logits`) or .nc (variable `logits`)\n"
+            "  --config FILE       YAML configuration (model.heads and model.ln_eps for timm files,\n"
+            "                      data.mean / data.std for netCDF input); default: built-in defaults\n"
+            "  --hf-config FILE    Hugging Face config.json (default: config.json beside the checkpoint)\n"
+            "  --batch N           images per forward pass (default 64)\n"
+            "  --set key=value     override a configuration key (repeatable)\n");
+}
+
+static int has_suffix(const char *s, const char *suf) {
+    size_t n = strlen(s), k = strlen(suf);
+    return n >= k && strcmp(s + n - k, suf) == 0;
+}
+
+int tsr_cmd_predict(int argc, char **argv) {
+    const char *ckpt = NULL, *input = NULL, *output = NULL, *cfg_path = NULL, *hf_cfg = NULL;
+    int batch = 64, nset = 0;
+    char **sets = tsr_calloc((size_t)argc + 1, sizeof(char *));
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int has_val = i + 1 < argc;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            predict_usage(stdout);
+            free(sets);
+            return 0;
+        }
+#define OPT(flag, dst)                                                                  \
+    if (strcmp(a, flag) == 0) {                                                         \
+        if (!has_val) {                                                                 \
+            tsr_log(TSR_LOG_ERROR, "predict: option %s needs a value", flag);           \
+            free(sets);                                                                 \
+            return 2;                                                                   \
+        }                                                                               \
+        dst = argv[++i];                                                                \
+        continue;                                                                       \
+    }
+        OPT("--checkpoint", ckpt)
+        OPT("--input", input)
+        OPT("--output", output)
+        OPT("--config", cfg_path)
+        OPT("--hf-config", hf_cfg)
+#undef OPT
+        if (strcmp(a, "--set") == 0 && has_val) {
+            sets[nset++] = argv[++i];
+            continue;
+        }
+        if (strcmp(a, "--batch") == 0 && has_val) {
+            char *end;
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || v < 1 || v > 1 << 20) {
+                tsr_log(TSR_LOG_ERROR, "predict: --batch expects an integer in [1, 1048576], got '%s'", argv[i]);
+                free(sets);
+                return 2;
+            }
+            batch = (int)v;
+            continue;
+        }
+        tsr_log(TSR_LOG_ERROR, "predict: unknown or incomplete option '%s'", a);
+        predict_usage(stderr);
+        free(sets);
+        return 2;
+    }
+    if (!ckpt || !input || !output) {
+        tsr_log(TSR_LOG_ERROR, "predict: --checkpoint, --input and --output are required");
+        predict_usage(stderr);
+        free(sets);
+        return 2;
+    }
+    int rc = 1;
+    tsr_config cfg;
+    float *images = NULL, *logits = NULL;
+    int *labels = NULL;
+    char *cfg_text = NULL;
+    tsr_vit m;
+    memset(&m, 0, sizeof m);
+    if (tsr_config_load(&cfg, cfg_path, nset, sets) != 0) {
+        tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
+        goto out;
+    }
+    if (tsr_runtime_setup((int)cfg.run.threads) != 0) goto out;
+
+    /* the model's sizes come from the checkpoint (and config.json for Hugging Face files) */
+    tsr_vit_config vc = {(int)cfg.model.image_size, (int)cfg.model.patch_size, (int)cfg.model.channels,
+                         (int)cfg.model.dim, (int)cfg.model.depth, (int)cfg.model.heads,
+                         (int)cfg.model.mlp_dim, (int)cfg.model.num_classes, cfg.model.ln_eps};
+    tsr_naming naming;
+    if (tsr_ckpt_detect(ckpt, &naming) != 0 || tsr_ckpt_infer_config(ckpt, &vc) != 0) {
+        tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
+        goto out;
+    }
+    char beside[4096];
+    if (naming != TSR_NAMING_TIMM && !hf_cfg) {
+        char tmp[4096];
+        snprintf(tmp, sizeof tmp, "%s", ckpt);
+        snprintf(beside, sizeof beside, "%s/config.json", dirname(tmp));
+        if (access(beside, R_OK) == 0) hf_cfg = beside;
+        else tsr_warn("no config.json beside %s: heads and layer_norm_eps come from the tessera config "
+                      "(model.heads=%d, model.ln_eps=%g)", ckpt, vc.heads, vc.ln_eps);
+    }
+    if (hf_cfg && tsr_ckpt_read_hf_config(hf_cfg, &vc) != 0) {
+        tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
+        goto out;
+    }
+    if (tsr_vit_config_check(&vc) != 0) {
+        tsr_log(TSR_LOG_ERROR, "%s: %s (HINT: set model.heads / model.ln_eps with --set or --config)", ckpt,
+                tsr_last_error());
+        goto out;
+    }
+    cfg.model.image_size = vc.image_size; cfg.model.patch_size = vc.patch_size; cfg.model.channels = vc.channels;
+    cfg.model.dim = vc.dim; cfg.model.depth = vc.depth; cfg.model.heads = vc.heads; cfg.model.mlp_dim = vc.mlp_dim;
+    cfg.model.num_classes = vc.num_classes; cfg.model.ln_eps = vc.ln_eps;
+    snprintf(cfg.model.naming, sizeof cfg.model.naming, "%s", naming == TSR_NAMING_TIMM ? "timm" : "hf");
+    cfg_text = tsr_config_dump(&cfg);
+    tsr_info("resolved configuration:\n%s", cfg_text);
+
+    /* input */
+    int64_t n = 0;
+    int C = vc.channels, S = vc.image_size;
+    if (has_suffix(input, ".nc") || has_suffix(input, ".nc4")) {
+        tsr_nc_dataset d;
+        if (tsr_nc_dataset_open(&d, input) != 0) {
+            tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
+            goto out;
+        }
+        if (d.channels != C || d.height != S || d.width != S) {
+            tsr_log(TSR_LOG_ERROR, "%s: images are %dx%dx%d (y, x, channel), the model expects %dx%dx%d", input,
+                    d.height, d.width, d.channels, S, S, C);
+            tsr_nc_dataset_close(&d);
+            goto out;
+        }
+        if ((int)cfg.data.mean.n != C) {
+            tsr_log(TSR_LOG_ERROR, "data.mean has %d entries, the model has %d channels", cfg.data.mean.n, C);
+            tsr_nc_dataset_close(&d);
+            goto out;
+        }
+        n = d.n_examples;
+        float mean[64], sd[64];
+        for (int c = 0; c < C; c++) {
+            mean[c] = (float)cfg.data.mean.v[c];
+            sd[c] = (float)cfg.data.std.v[c];
+        }
+        images = tsr_malloc(sizeof(float) * (size_t)(n ? n : 1) * C * S * S);
+        labels = d.has_labels ? tsr_malloc(sizeof(int) * (size_t)(n ? n : 1)) : NULL;
+        int r = tsr_nc_dataset_read(&d, 0, n, mean, sd, images, labels);
+        tsr_nc_dataset_close(&d);
+        if (r != 0) {
+            tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
+            goto out;
+        }
+    } else {
+        tsr_st_file f;
+        if (tsr_st_open(&f, input) != 0) {
+            tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
+            goto out;
+        }
+        const tsr_st_tensor *t = tsr_st_find(&f, "input");
+        if (!t || t->ndim != 4 || t->shape[1] != C || t->shape[2] != S || t->shape[3] != S) {
+            tsr_log(TSR_LOG_ERROR, "%s: expected a tensor 'input' of shape [B, %d, %d, %d] (float32, normalised)%s",
+                    input, C, S, S, t ? "" : ": no tensor named 'input'");
+            tsr_st_close(&f);
+            goto out;
+        }
+        n = t->shape[0];
+        images = tsr_malloc(sizeof(float) * (size_t)(t->numel ? t->numel : 1));
+        int r = tsr_st_read_f32(&f, t, images, t->numel);
+        tsr_st_close(&f);
+        if (r != 0) {
+            tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
+            goto out;
+        }
+    }
+    if (n == 0) {
+        tsr_log(TSR_LOG_ERROR, "%s: no images", input);
+        goto out;
+    }
+
+    if (batch > n) batch = (int)n;
+    if (tsr_vit_create(&m, &vc, batch) != 0 || tsr_ckpt_load_vit(&m, ckpt, 1) != 0) {
+        tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
+        goto out;
+    }
+    int K = vc.num_classes;
+    logits = tsr_malloc(sizeof(float) * (size_t)n * K);
+    double t0 = tsr_time();
+    int64_t correct = 0;
+    for (int64_t s = 0; s < n; s += batch) {
+        int b = (int)(n - s < batch ? n - s : batch);
+        tsr_vit_forward(&m, images + (size_t)s * C * S * S, NULL, b);
+        memcpy(logits + (size_t)s * K, m.acts.logits, sizeof(float) * (size_t)b * K);
+    }
+    double dt = tsr_time() - t0;
+    if (labels) {
+        for (int64_t i = 0; i < n; i++) {
+            int best = 0;
+            for (int k = 1; k < K; k++)
+                if (logits[i * K + k] > logits[i * K + best]) best = k;
+            correct += best == labels[i];
+        }
+    }
+    tsr_info("predict: %lld images in %.2f s (%.1f images/s)%s", (long long)n, dt, (double)n / dt, "");
+    if (labels) tsr_info("predict: accuracy %.4f (%lld / %lld)", (double)correct / (double)n, (long long)correct, (long long)n);
+
+    const char *keys[] = {"tessera_version", "git_commit", "checkpoint", "input", "config"};
+    const char *vals[] = {TSR_VERSION, TSR_GIT_COMMIT, ckpt, input, cfg_text};
+    if (tsr_world.rank == 0) {
+        int w;
+        if (has_suffix(output, ".nc") || has_suffix(output, ".nc4")) {
+            w = tsr_nc_write_logits_ex(output, n, K, logits, labels, 5, keys, vals);
+        } else {
+            tsr_st_writer *sw = tsr_st_writer_new();
+            int64_t shape[2] = {n, K};
+            tsr_st_writer_add(sw, "logits", TSR_DT_F32, 2, shape, logits);
+            for (int i = 0; i < 5; i++) tsr_st_writer_meta(sw, keys[i], vals[i]);
+            w = tsr_st_writer_write(sw, output);
+            tsr_st_writer_free(sw);
+        }
+        if (w != 0) {
+            tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
+            goto out;
+        }
+        tsr_info("predict: wrote %s (logits %lld x %d)", output, (long long)n, K);
+    }
+    rc = 0;
+out:
+    free(sets);
+    free(images);
+    free(labels);
+    free(logits);
+    free(cfg_text);
+    if (m.params_mem) tsr_vit_destroy(&m);
+    return rc;
+}

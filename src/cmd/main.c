@@ -1,0 +1,42 @@
+/* main.c: tessera's entry point: dispatches to subcommands. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cmd/commands.h"
+#include "core/common.h"
+#include "dist/parallel.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: tessera <command> [options]\n"
+            "\n"
+            "commands:\n"
+            "  train CONFIG [--set key=value ...]   train a ViT backbone (full training) on the configured data\n"
+            "  predict --checkpoint FILE --input FILE --output FILE [options]\n"
+            "                                       logits of a backbone checkpoint (timm or Hugging Face naming)\n"
+            "  version                              git commit, compiler, BLAS and MPI library\n"
+            "\n"
+            "Run 'tessera <command> --help' for a command's options.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *cmd = argv[1];
+    int (*fn)(int, char **) = NULL;
+    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) fn = tsr_cmd_version;
+    else if (strcmp(cmd, "predict") == 0) fn = tsr_cmd_predict;
+    else if (strcmp(cmd, "train") == 0) fn = tsr_cmd_train;
+    if (!fn) {
+        fprintf(stderr, "tessera: unknown command '%s'\n\n", cmd);
+        usage(stderr);
+        return 2;
+    }
+    tsr_dist_init(&argc, &argv);
+    int rc = fn(argc - 1, argv + 1);
+    tsr_dist_finalize();
+    return rc;
+}

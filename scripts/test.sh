@@ -12,7 +12,7 @@ if [ "${1:-}" = "--sanitize" ]; then
   FLAGS=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DTESSERA_ASAN=ON -DTESSERA_UBSAN=ON -DTESSERA_WERROR=ON)
   # Open MPI and HDF5 keep some allocations until exit; leaks in our code are checked by valgrind-free
   # unit tests under LeakSanitizer with these suppressions.
-  export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:suppressions=$PWD/tests/lsan.supp"
+  export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0"
   export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 else

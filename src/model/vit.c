@@ -69,7 +69,7 @@ int tsr_vit_create(tsr_vit *m, const tsr_vit_config *c, int max_batch) {
         L * B * T * D, L * B * T, L * B * T,                              /* ln1 */
         L * B * T * 3 * D, L * B * H * T * T, L * B * T * D, L * B * T * D, /* qkv, att, atty, mid */
         L * B * T * D, L * B * T, L * B * T,                              /* ln2 */
-        L * B * T * M, L * B * T * M,                                     /* fc1, gelu */
+        L * B * T * M, B * T * M,                                         /* fc1, gelu (one block) */
         B * D, B * D, B, B, B * K, B * K};                                /* cls_in, lnf, logits, probs */
     real **ap[] = {&m->acts.patches, &m->acts.patch_out, &m->acts.resid, &m->acts.ln1, &m->acts.ln1_mean,
                    &m->acts.ln1_rstd, &m->acts.qkv, &m->acts.att, &m->acts.atty, &m->acts.mid,
@@ -168,7 +168,7 @@ double tsr_vit_forward(tsr_vit *m, const real *images, const int *labels, int B)
         real *qkv = a->qkv + l * BTD * 3, *att = a->att + (size_t)l * B * H * T * T;
         real *atty = a->atty + l * BTD, *mid = a->mid + l * BTD;
         real *ln2 = a->ln2 + l * BTD, *ln2m = a->ln2_mean + (size_t)l * BT, *ln2r = a->ln2_rstd + (size_t)l * BT;
-        real *fc1 = a->fc1 + (size_t)l * BT * M, *gl = a->gelu + (size_t)l * BT * M;
+        real *fc1 = a->fc1 + (size_t)l * BT * M, *gl = a->gelu; /* recomputed in backward */
         layernorm_forward(ln1, ln1m, ln1r, x, p->ln1w + l * D, p->ln1b + l * D, BT, D, c->ln_eps);
         linear_forward(qkv, ln1, p->qkvw + (size_t)l * 3 * D * D, p->qkvb + (size_t)l * 3 * D, BT, D, 3 * D);
         attention_forward(atty, att, qkv, B, T, D, H);
@@ -227,10 +227,13 @@ void tsr_vit_backward(tsr_vit *m, const tsr_vit_trainable *tr) {
         const real *qkv = a->qkv + l * BTD * 3, *att = a->att + (size_t)l * B * H * T * T;
         const real *atty = a->atty + l * BTD;
         const real *ln2 = a->ln2 + l * BTD, *ln2m = a->ln2_mean + (size_t)l * BT, *ln2r = a->ln2_rstd + (size_t)l * BT;
-        const real *fc1 = a->fc1 + (size_t)l * BT * M, *gl = a->gelu + (size_t)l * BT * M;
+        const real *fc1 = a->fc1 + (size_t)l * BT * M;
+        real *gl = a->gelu; /* recomputed below when fc2 needs its weight gradient */
         size_t oD = (size_t)l * D, oM = (size_t)l * M;
 
-        /* MLP branch: out = mid + fc2(gelu(fc1(ln2(mid)))) */
+        /* MLP branch: out = mid + fc2(gelu(fc1(ln2(mid)))). GELU's output is kept for one block only
+         * (saves (L-1) x B x T x M values); fc2's weight gradient needs it, so recompute it then. */
+        if (wg) gelu_forward(gl, fc1, (long)BT * M);
         memcpy(dmid, dx, sizeof(real) * BTD);
         memset(m->d_fc2, 0, sizeof(real) * (size_t)BT * M);
         linear_backward(m->d_fc2, wg ? g->fc2w + oD * M : NULL, wg ? g->fc2b + oD : NULL, dx, gl,

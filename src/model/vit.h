@@ -66,7 +66,7 @@ typedef struct {
     real *mid;       /* (L, B, T, D) h = x + proj(att) */
     real *ln2, *ln2_mean, *ln2_rstd; /* (L, B, T, D), (L, B, T), (L, B, T) */
     real *fc1;       /* (L, B, T, M) before GELU */
-    real *gelu;      /* (L, B, T, M) */
+    real *gelu;      /* (B, T, M): one block's GELU output, recomputed from fc1 in backward */
     real *cls_in;    /* (B, D) class token of resid[L] */
     real *lnf, *lnf_mean, *lnf_rstd; /* (B, D), (B), (B) */
     real *logits;    /* (B, K) */

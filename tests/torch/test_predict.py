@@ -68,6 +68,40 @@ def main():
                 err = float(np.max(np.abs(got - want)))
                 check(got.shape == want.shape and err <= TOL,
                       f"{ckpt} -> .{ext}: logits max abs error {err:.2e} <= {TOL:g}")
+        # a netCDF dataset input (ubyte images, normalised by tessera with data.mean / data.std) gives
+        # the same logits as the same images normalised here and passed as a safetensors `input`
+        import netCDF4
+        rng = np.random.default_rng(5)
+        B, C, S = ref["input"].shape[0], ref["input"].shape[1], ref["input"].shape[2]
+        px = rng.integers(0, 256, size=(B, S, S, C), dtype=np.uint8)
+        mean = np.array([0.5, 0.25, 0.75][:C] + [0.4] * max(0, C - 3), dtype=np.float32)
+        std = np.array([0.3, 0.2, 0.5][:C] + [0.25] * max(0, C - 3), dtype=np.float32)
+        nc_in = os.path.join(tmp, "images.nc")
+        with netCDF4.Dataset(nc_in, "w", format="NETCDF4") as d:
+            d.createDimension("example", None)
+            d.createDimension("y", S)
+            d.createDimension("x", S)
+            d.createDimension("channel", C)
+            v = d.createVariable("images", "u1", ("example", "y", "x", "channel"))
+            v[:] = px
+            d.setncattr("tessera_schema", "tessera-dataset-1")
+            d.setncattr("task_name", "predict-test")
+            d.setncattr("Conventions", "CF-1.8")
+        x = ((px.astype(np.float32) / np.float32(255)) - mean) / std
+        st_in = os.path.join(tmp, "images.safetensors")
+        st.save(st_in, {"input": np.ascontiguousarray(x.transpose(0, 3, 1, 2).astype(np.float32))})
+        sets = ["--set", f"model.channels={C}", "--set", "data.mean=[" + ",".join(map(str, mean.tolist())) + "]",
+                "--set", "data.std=[" + ",".join(map(str, std.tolist())) + "]"]
+        hf = os.path.join(ref_dir, "weights_hf.safetensors")
+        o1, o2 = os.path.join(tmp, "nc_in.safetensors"), os.path.join(tmp, "st_in.safetensors")
+        r1 = run([exe, "predict", "--checkpoint", hf, "--input", nc_in, "--output", o1] + sets)
+        r2 = run([exe, "predict", "--checkpoint", hf, "--input", st_in, "--output", o2])
+        if r1.returncode or r2.returncode:
+            print(r1.stderr, r2.stderr)
+        ok = r1.returncode == 0 and r2.returncode == 0
+        err = float(np.max(np.abs(st.load(o1)[0]["logits"] - st.load(o2)[0]["logits"]))) if ok else float("inf")
+        check(ok and err <= 1e-5, f"netCDF input = normalised safetensors input: max abs diff {err:.2e}")
+
         # bad inputs: clear message, non-zero exit, no output written
         bad = os.path.join(tmp, "bad.safetensors")
         w, _ = st.load(os.path.join(ref_dir, "weights_timm.safetensors"))

@@ -104,7 +104,8 @@ int tsr_cmd_predict(int argc, char **argv) {
     }
     if (tsr_runtime_setup((int)cfg.run.threads) != 0) goto out;
 
-    /* the model's sizes come from the checkpoint (and config.json for Hugging Face files) */
+    /* the model's sizes come from the checkpoint (and config.json for Hugging Face files); the head must
+     * be in the file too: a backbone without a classifier has no logits to give (refused, naming it) */
     tsr_vit_config vc = {(int)cfg.model.image_size, (int)cfg.model.patch_size, (int)cfg.model.channels,
                          (int)cfg.model.dim, (int)cfg.model.depth, (int)cfg.model.heads,
                          (int)cfg.model.mlp_dim, (int)cfg.model.num_classes, cfg.model.ln_eps};
@@ -200,7 +201,7 @@ int tsr_cmd_predict(int argc, char **argv) {
     }
 
     if (batch > n) batch = (int)n;
-    if (tsr_vit_create(&m, &vc, batch) != 0 || tsr_ckpt_load_vit(&m, ckpt, 1) != 0) {
+    if (tsr_vit_create(&m, &vc, batch) != 0 || tsr_ckpt_load_vit(&m, ckpt, 0) != 0) {
         tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
         goto out;
     }

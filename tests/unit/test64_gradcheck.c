@@ -13,6 +13,7 @@
 
 #include "core/common.h"
 #include "core/rng.h"
+#include "adapters/lora.h"
 #include "model/layers.h"
 #include "model/vit.h"
 
@@ -183,6 +184,36 @@ static void test_softmax_xent(void **s) {
     free(c.probs); free(c.logits); free(d); free(num);
 }
 
+/* ---------------------------------------------------------------- LoRA */
+typedef struct { double *y, *h, *x, *A, *B, *R; int N, C, OC, r, ref; double scale; } lora_ctx;
+static double lora_loss(void *p) {
+    lora_ctx *c = p;
+    memset(c->y, 0, sizeof(double) * (size_t)c->N * c->OC);
+    if (c->ref) lora_forward_ref_f64(c->y, c->h, c->x, c->A, c->B, c->N, c->C, c->OC, c->r, c->scale);
+    else lora_forward_f64(c->y, c->h, c->x, c->A, c->B, c->N, c->C, c->OC, c->r, c->scale);
+    return dotv(c->y, c->R, (size_t)c->N * c->OC);
+}
+static void check_lora(int ref) {
+    int N = 5, C = 8, OC = 6, r = 3;
+    lora_ctx c = {tsr_malloc(8 * N * OC), tsr_malloc(8 * N * r), randv(N * C, 1), randv(C * r, 1),
+                  randv(r * OC, 1), randv(N * OC, 1), N, C, OC, r, ref, 1.0 / 3};
+    double *dx = calloc(N * C, 8), *dA = calloc(C * r, 8), *dB = calloc(r * OC, 8), *sc = tsr_malloc(8 * N * r);
+    double *num = tsr_malloc(8 * N * C * OC);
+    lora_loss(&c);
+    if (ref) lora_backward_ref_f64(dx, dA, dB, c.R, c.x, c.A, c.B, N, C, OC, r, c.scale);
+    else lora_backward_f64(dx, dA, dB, sc, c.R, c.x, c.h, c.A, c.B, N, C, OC, r, c.scale);
+    numeric_grad(num, c.x, N * C, lora_loss, &c);
+    assert_true(rel_err("lora d input", dx, num, N * C) < TOL);
+    numeric_grad(num, c.A, C * r, lora_loss, &c);
+    assert_true(rel_err("lora d A", dA, num, C * r) < TOL);
+    numeric_grad(num, c.B, r * OC, lora_loss, &c);
+    assert_true(rel_err("lora d B", dB, num, r * OC) < TOL);
+    free(c.y); free(c.h); free(c.x); free(c.A); free(c.B); free(c.R); free(dx); free(dA); free(dB); free(sc);
+    free(num);
+}
+static void test_lora(void **s) { (void)s; check_lora(0); }
+static void test_lora_ref(void **s) { (void)s; check_lora(1); }
+
 /* ---------------------------------------------------------------- whole model */
 static const tsr_vit_config small = {.image_size = 8, .patch_size = 4, .channels = 2, .dim = 8,
                                      .depth = 2, .heads = 2, .mlp_dim = 12, .num_classes = 3,
@@ -265,6 +296,7 @@ int main(void) {
         cmocka_unit_test(test_gelu),          cmocka_unit_test(test_gelu_ref),
         cmocka_unit_test(test_attention),     cmocka_unit_test(test_attention_ref),
         cmocka_unit_test(test_softmax_xent),  cmocka_unit_test(test_vit_full_and_frozen),
+        cmocka_unit_test(test_lora),          cmocka_unit_test(test_lora_ref),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -47,7 +47,7 @@ int main(int argc, char **argv) {
     }
     const char *mode = argv[3];
     tsr_vit_trainable tr;
-    if (strcmp(mode, "probe") == 0) tr = (tsr_vit_trainable){0, 0, 0, 1, 0};
+    if (strcmp(mode, "probe") == 0) tr = (tsr_vit_trainable){0, 0, 0, 1, 0, 0};
     else if (strcmp(mode, "frozen") == 0) tr = TSR_VIT_FROZEN;
     else if (strcmp(mode, "full") == 0) tr = TSR_VIT_FULL;
     else {

@@ -8,6 +8,7 @@
 
 #include "core/common.h"
 #include "core/rng.h"
+#include "adapters/adapters.h"
 #include "model/layers.h"
 
 int tsr_vit_config_check(const tsr_vit_config *c) {
@@ -169,16 +170,27 @@ double tsr_vit_forward(tsr_vit *m, const real *images, const int *labels, int B)
         real *atty = a->atty + l * BTD, *mid = a->mid + l * BTD;
         real *ln2 = a->ln2 + l * BTD, *ln2m = a->ln2_mean + (size_t)l * BT, *ln2r = a->ln2_rstd + (size_t)l * BT;
         real *fc1 = a->fc1 + (size_t)l * BT * M, *gl = a->gelu; /* recomputed in backward */
+        struct tsr_adapters *ad = m->ad;
+#define AD(slot) (ad ? tsr_ad_find(ad, l, (slot)) : -1)
+        int k;
         layernorm_forward(ln1, ln1m, ln1r, x, p->ln1w + l * D, p->ln1b + l * D, BT, D, c->ln_eps);
         linear_forward(qkv, ln1, p->qkvw + (size_t)l * 3 * D * D, p->qkvb + (size_t)l * 3 * D, BT, D, 3 * D);
+        for (int site = TSR_LORA_Q; site <= TSR_LORA_V; site++)
+            if ((k = AD(site)) >= 0) tsr_ad_forward(ad, k, qkv + (size_t)site * D, 3 * D, ln1, D);
         attention_forward(atty, att, qkv, B, T, D, H);
         linear_forward(mid, atty, p->projw + (size_t)l * D * D, p->projb + (size_t)l * D, BT, D, D);
+        if ((k = AD(TSR_LORA_PROJ)) >= 0) tsr_ad_forward(ad, k, mid, D, atty, D);
+        if ((k = AD(TSR_NLORA + TSR_BN_HOULSBY_ATTN)) >= 0) tsr_ad_forward(ad, k, mid, D, mid, D);
 #pragma omp parallel for simd schedule(static)
         for (size_t i = 0; i < BTD; i++) mid[i] += x[i];
         layernorm_forward(ln2, ln2m, ln2r, mid, p->ln2w + l * D, p->ln2b + l * D, BT, D, c->ln_eps);
         linear_forward(fc1, ln2, p->fc1w + (size_t)l * M * D, p->fc1b + (size_t)l * M, BT, D, M);
+        if ((k = AD(TSR_LORA_FC1)) >= 0) tsr_ad_forward(ad, k, fc1, M, ln2, D);
         gelu_forward(gl, fc1, (long)BT * M);
         linear_forward(out, gl, p->fc2w + (size_t)l * D * M, p->fc2b + (size_t)l * D, BT, M, D);
+        if ((k = AD(TSR_LORA_FC2)) >= 0) tsr_ad_forward(ad, k, out, D, gl, M);
+        if ((k = AD(TSR_NLORA + TSR_BN_MLP_SEQ)) >= 0) tsr_ad_forward(ad, k, out, D, out, D);
+        if ((k = AD(TSR_NLORA + TSR_BN_PARALLEL)) >= 0) tsr_ad_forward(ad, k, out, D, mid, D);
 #pragma omp parallel for simd schedule(static)
         for (size_t i = 0; i < BTD; i++) out[i] += mid[i];
     }
@@ -191,9 +203,19 @@ double tsr_vit_forward(tsr_vit *m, const real *images, const int *labels, int B)
     return softmax_xent_forward(a->probs, a->logits, labels, B, K);
 }
 
+static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *dlogits_in);
+
 void tsr_vit_backward(tsr_vit *m, const tsr_vit_trainable *tr) {
-    const tsr_vit_config *c = &m->cfg;
     TSR_CHECK(m->labels != NULL, "backward: the last forward had no labels");
+    backward_impl(m, tr, NULL);
+}
+
+void tsr_vit_backward_from(tsr_vit *m, const tsr_vit_trainable *tr, const real *dlogits) {
+    backward_impl(m, tr, dlogits);
+}
+
+static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *dlogits_in) {
+    const tsr_vit_config *c = &m->cfg;
     const tsr_vit_params *p = &m->params;
     tsr_vit_params *g = &m->grads;
     const tsr_vit_acts *a = &m->acts;
@@ -203,11 +225,15 @@ void tsr_vit_backward(tsr_vit *m, const tsr_vit_trainable *tr) {
     real *dlogits = m->d_small, *dlnf = dlogits + (size_t)B * K, *dcls = dlnf + (size_t)B * D;
 
     /* how far down the gradient must go: the lowest trainable layer, or the tokens if asked */
-    int need_blocks = tr->blocks || tr->embed || tr->input_grad;
+    struct tsr_adapters *ad = m->ad && m->ad->n_mod > 0 ? m->ad : NULL;
+    int below = tr->blocks || tr->embed || tr->input_grad; /* must reach block 0 */
+    int need_blocks = below || ad;
+    int l_stop = below ? 0 : (ad ? tsr_ad_lowest_layer(ad) : c->depth);
     int need_below_head = need_blocks || tr->norm;
 
     memset(dlogits, 0, sizeof(real) * ((size_t)B * K + 2 * (size_t)B * D));
-    softmax_xent_backward(dlogits, a->probs, m->labels, B, K, 1.0);
+    if (dlogits_in) memcpy(dlogits, dlogits_in, sizeof(real) * (size_t)B * K);
+    else softmax_xent_backward(dlogits, a->probs, m->labels, B, K, 1.0);
     linear_backward(need_below_head ? dlnf : NULL, tr->head ? g->headw : NULL, tr->head ? g->headb : NULL,
                     dlogits, a->lnf, p->headw, B, D, K);
     if (!need_below_head) return;
@@ -221,7 +247,8 @@ void tsr_vit_backward(tsr_vit *m, const tsr_vit_trainable *tr) {
     if (m->d_resid_all) memcpy(m->d_resid_all + (size_t)L * BTD, dx, sizeof(real) * BTD);
 
     int wg = tr->blocks;
-    for (int l = L - 1; l >= 0; l--) {
+    for (int l = L - 1; l >= l_stop; l--) {
+        int k;
         const real *x = a->resid + l * BTD, *mid = a->mid + l * BTD;
         const real *ln1 = a->ln1 + l * BTD, *ln1m = a->ln1_mean + (size_t)l * BT, *ln1r = a->ln1_rstd + (size_t)l * BT;
         const real *qkv = a->qkv + l * BTD * 3, *att = a->att + (size_t)l * B * H * T * T;
@@ -231,37 +258,57 @@ void tsr_vit_backward(tsr_vit *m, const tsr_vit_trainable *tr) {
         real *gl = a->gelu; /* recomputed below when fc2 needs its weight gradient */
         size_t oD = (size_t)l * D, oM = (size_t)l * M;
 
-        /* MLP branch: out = mid + fc2(gelu(fc1(ln2(mid)))). GELU's output is kept for one block only
-         * (saves (L-1) x B x T x M values); fc2's weight gradient needs it, so recompute it then. */
-        if (wg) gelu_forward(gl, fc1, (long)BT * M);
+        /* MLP branch: out = mid + fc2(gelu(fc1(ln2(mid)))) [+ adapters]. GELU's output is kept for one
+         * block only (saves (L-1) x B x T x M values); fc2's weight gradient and an fc2 LoRA need it. */
+        int k_fc2 = AD(TSR_LORA_FC2);
+        if (wg || k_fc2 >= 0) gelu_forward(gl, fc1, (long)BT * M);
         memcpy(dmid, dx, sizeof(real) * BTD);
+        if ((k = AD(TSR_NLORA + TSR_BN_PARALLEL)) >= 0) tsr_ad_backward(ad, k, dmid, D, dx, D, mid, D);
+        const real *dy2 = dx; /* d (MLP output) */
+        if ((k = AD(TSR_NLORA + TSR_BN_MLP_SEQ)) >= 0) {
+            memcpy(m->d_atty, dx, sizeof(real) * BTD);
+            tsr_ad_backward(ad, k, m->d_atty, D, dx, D, NULL, D);
+            dy2 = m->d_atty;
+        }
         memset(m->d_fc2, 0, sizeof(real) * (size_t)BT * M);
-        linear_backward(m->d_fc2, wg ? g->fc2w + oD * M : NULL, wg ? g->fc2b + oD : NULL, dx, gl,
+        linear_backward(m->d_fc2, wg ? g->fc2w + oD * M : NULL, wg ? g->fc2b + oD : NULL, dy2, gl,
                         p->fc2w + oD * M, BT, M, D);
+        if (k_fc2 >= 0) tsr_ad_backward(ad, k_fc2, m->d_fc2, M, dy2, D, gl, M);
         memset(m->d_fc, 0, sizeof(real) * (size_t)BT * M);
         gelu_backward(m->d_fc, m->d_fc2, fc1, (long)BT * M);
         memset(m->d_ln, 0, sizeof(real) * BTD);
         linear_backward(m->d_ln, wg ? g->fc1w + oM * D : NULL, wg ? g->fc1b + oM : NULL, m->d_fc, ln2,
                         p->fc1w + oM * D, BT, D, M);
+        if ((k = AD(TSR_LORA_FC1)) >= 0) tsr_ad_backward(ad, k, m->d_ln, D, m->d_fc, M, ln2, D);
         layernorm_backward(dmid, wg ? g->ln2w + oD : NULL, wg ? g->ln2b + oD : NULL, m->d_ln, mid,
                            p->ln2w + oD, ln2m, ln2r, BT, D);
 
-        /* attention branch: mid = x + proj(attn(qkv(ln1(x)))) */
+        /* attention branch: mid = x + proj(attn(qkv(ln1(x)))) [+ adapters] */
         real *dxin = dx; /* reuse: d resid[l] */
         memcpy(dxin, dmid, sizeof(real) * BTD);
+        const real *dp = dmid; /* d (projected attention output) */
+        if ((k = AD(TSR_NLORA + TSR_BN_HOULSBY_ATTN)) >= 0) {
+            memcpy(m->d_ln, dmid, sizeof(real) * BTD);
+            tsr_ad_backward(ad, k, m->d_ln, D, dmid, D, NULL, D);
+            dp = m->d_ln;
+        }
         memset(m->d_atty, 0, sizeof(real) * BTD);
-        linear_backward(m->d_atty, wg ? g->projw + oD * D : NULL, wg ? g->projb + oD : NULL, dmid, atty,
+        linear_backward(m->d_atty, wg ? g->projw + oD * D : NULL, wg ? g->projb + oD : NULL, dp, atty,
                         p->projw + oD * D, BT, D, D);
+        if ((k = AD(TSR_LORA_PROJ)) >= 0) tsr_ad_backward(ad, k, m->d_atty, D, dp, D, atty, D);
         memset(m->d_qkv, 0, sizeof(real) * BTD * 3);
         attention_backward(m->d_qkv, m->d_atty, qkv, att, B, T, D, H);
         memset(m->d_ln, 0, sizeof(real) * BTD);
         linear_backward(m->d_ln, wg ? g->qkvw + oD * 3 * D : NULL, wg ? g->qkvb + oD * 3 : NULL, m->d_qkv,
                         ln1, p->qkvw + oD * 3 * D, BT, D, 3 * D);
+        for (int site = TSR_LORA_Q; site <= TSR_LORA_V; site++)
+            if ((k = AD(site)) >= 0) tsr_ad_backward(ad, k, m->d_ln, D, m->d_qkv + (size_t)site * D, 3 * D, ln1, D);
         layernorm_backward(dxin, wg ? g->ln1w + oD : NULL, wg ? g->ln1b + oD : NULL, m->d_ln, x,
                            p->ln1w + oD, ln1m, ln1r, BT, D);
         if (m->d_resid_all) memcpy(m->d_resid_all + (size_t)l * BTD, dxin, sizeof(real) * BTD);
     }
 
+    if (ad) tsr_adapters_end_backward(ad);
     if (!tr->embed) return;
     /* embedding: resid[0] = [cls; patch_out] + pos */
     for (int b = 0; b < B; b++)

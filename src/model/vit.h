@@ -80,12 +80,17 @@ typedef struct {
     int norm;   /* final LayerNorm */
     int head;
     int input_grad; /* compute d loss / d resid[0] (the token embeddings) even when nothing below needs it */
+    int adapters;   /* gradients of the attached adapters */
 } tsr_vit_trainable;
-static const tsr_vit_trainable TSR_VIT_FULL = {1, 1, 1, 1, 1};
-static const tsr_vit_trainable TSR_VIT_FROZEN = {0, 0, 0, 1, 1}; /* frozen backbone, trained head */
+static const tsr_vit_trainable TSR_VIT_FULL = {1, 1, 1, 1, 1, 1};
+static const tsr_vit_trainable TSR_VIT_FROZEN = {0, 0, 0, 1, 1, 1}; /* frozen backbone, trained head */
+static const tsr_vit_trainable TSR_VIT_ADAPTERS = {0, 0, 0, 1, 0, 1}; /* adapters and head */
+
+struct tsr_adapters;
 
 typedef struct {
     tsr_vit_config cfg;
+    struct tsr_adapters *ad; /* attached adapters (NULL: none); call tsr_adapters_begin before forward */
     int max_batch, batch;  /* capacity, and batch of the last forward */
     int tokens, npatch;
     tsr_vit_params params, grads;
@@ -130,6 +135,9 @@ void tsr_vit_init_random(tsr_vit *m, uint64_t seed);
 double tsr_vit_forward(tsr_vit *m, const real *images, const int *labels, int B);
 /* Accumulate gradients of the mean loss of the last forward (which needs labels). */
 void tsr_vit_backward(tsr_vit *m, const tsr_vit_trainable *tr);
+/* The same from a given gradient of the logits (B, K) (e.g. a consistency loss); labels not needed. */
+#define tsr_vit_backward_from TSR_R(tsr_vit_backward_from)
+void tsr_vit_backward_from(tsr_vit *m, const tsr_vit_trainable *tr, const real *dlogits);
 void tsr_vit_zero_grad(tsr_vit *m);
 void tsr_vit_keep_resid_grads(tsr_vit *m);
 

@@ -82,15 +82,28 @@ int tsr_adapters_create(tsr_adapters *ad, const tsr_adapter_config *c, int depth
             m->nA = (size_t)m->din * m->r * m->S;
             m->nB = (size_t)m->r * m->dout * m->S;
             m->nZ = m->routed ? (size_t)c->n_tasks * m->h * m->S : 0;
-            m->oA = off; off += m->nA;
-            m->oB = off; off += m->nB;
-            m->oZ = off; off += m->nZ;
-            m->obd = off; off += m->has_bias ? (size_t)m->S * m->r : 0;
-            m->obu = off; off += m->has_bias ? (size_t)m->S * m->dout : 0;
-            m->olnw = off; off += m->has_ln ? (size_t)dim : 0;
-            m->olnb = off; off += m->has_ln ? (size_t)dim : 0;
             ad->index[l * NSLOT + slot] = ad->n_mod++;
         }
+    /* layout: every module's A and B, then every bias and LayerNorm, then every routing table, so that
+     * the three parameter groups (weights, biases, routing) are three contiguous ranges */
+    for (int k = 0; k < ad->n_mod; k++) {
+        tsr_rlp *m = &ad->mod[k];
+        m->oA = off; off += m->nA;
+        m->oB = off; off += m->nB;
+    }
+    ad->off_bias = off;
+    for (int k = 0; k < ad->n_mod; k++) {
+        tsr_rlp *m = &ad->mod[k];
+        m->obd = off; off += m->has_bias ? (size_t)m->S * m->r : 0;
+        m->obu = off; off += m->has_bias ? (size_t)m->S * m->dout : 0;
+        m->olnw = off; off += m->has_ln ? (size_t)dim : 0;
+        m->olnb = off; off += m->has_ln ? (size_t)dim : 0;
+    }
+    ad->off_Z = off;
+    for (int k = 0; k < ad->n_mod; k++) {
+        tsr_rlp *m = &ad->mod[k];
+        m->oZ = off; off += m->nZ;
+    }
     ad->num_params = off;
     ad->params = tsr_aligned_alloc(sizeof(real) * (off ? off : 1));
     ad->grads = tsr_aligned_alloc(sizeof(real) * (off ? off : 1));

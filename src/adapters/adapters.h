@@ -71,6 +71,7 @@ typedef struct tsr_adapters {
     tsr_rlp *mod;
     int *index;          /* (depth, TSR_NLORA + TSR_NBN) -> module index or -1 */
     size_t num_params;
+    size_t off_bias, off_Z; /* [0, off_bias) A and B; [off_bias, off_Z) biases, LN; [off_Z, num_params) routing */
     real *params, *grads;
     /* this batch: runs of consecutive examples with one task, and the distinct tasks */
     int batch, nseg, ndt;

@@ -7,6 +7,8 @@
 #ifndef TSR_IO_TSR_CONFIG_H
 #define TSR_IO_TSR_CONFIG_H
 
+#include <stdbool.h>
+
 #include "io/config.h"
 
 typedef struct {
@@ -28,6 +30,9 @@ typedef struct {
         char path[CFG_STR_MAX];    /* dataset directory or file */
         cfg_float_list mean;       /* per-channel normalisation mean, model.channels entries */
         cfg_float_list std;        /* per-channel normalisation std (> 0), model.channels entries */
+        long tasks;                /* label-permutation tasks over the dataset (tessera adapt) */
+        long task_offset;          /* number of the first task (held-out tasks use other numbers) */
+        long shots;                /* training examples per class and task (0 = all) */
     } data;
     struct {
         long steps;          /* optimiser steps */
@@ -39,6 +44,36 @@ typedef struct {
         long eval_every;     /* evaluate every N steps */
         long log_every;      /* log every N steps */
     } train;
+    struct {
+        char mode[CFG_STR_MAX];      /* "adapters" | "probe" | "full": what `tessera adapt` trains */
+    } adapt;
+    struct {
+        char kind[CFG_STR_MAX];      /* "none" | "lora" | "bottleneck" */
+        char routing[CFG_STR_MAX];   /* "none" | "poly" | "mhr" */
+        cfg_string_list lora_sites;  /* q, k, v, proj, fc1, fc2 */
+        long lora_rank;
+        double lora_alpha;           /* scale = alpha / rank */
+        char placement[CFG_STR_MAX]; /* "parallel" | "houlsby" | "pfeiffer" */
+        long bottleneck;             /* bottleneck width */
+        double scale;                /* bottleneck output scale s */
+        double dropout;              /* bottleneck dropout p */
+        char activation[CFG_STR_MAX];/* "gelu" | "relu" */
+        long skills;                 /* S, routing only */
+        long heads;                  /* h, mhr only */
+        bool noise;                  /* relaxed Bernoulli routing during training */
+        double tau;
+        char init[CFG_STR_MAX];      /* pre-trained adapters ("" = fresh) */
+        char fewshot[CFG_STR_MAX];   /* "none" | "finetune" | "z" | "mu": how adapter.init is used */
+    } adapter;
+    struct {
+        long modules;                /* N (0 = MoSA off) */
+        char split[CFG_STR_MAX];     /* "up" | "down" | "both" */
+        double consistency;          /* weight of the two-view consistency loss (0 = off) */
+        bool baseline;               /* fixed sparse mask, module 0 only */
+    } mosa;
+    struct {
+        double routing_lr, routing_wd, adapter_lr, adapter_wd, head_lr, head_wd, backbone_lr, backbone_wd;
+    } optim;
     struct {
         long seed;                    /* random seed (initialisation, shuffling, augmentation) */
         long threads;                 /* threads per rank (0 = cores / local ranks) */

@@ -1,7 +1,9 @@
 /* cmd_predict.c: `tessera predict`: logits of a ViT checkpoint (timm or Hugging Face naming) on a batch
  * of images from a safetensors file (`input`, (B, C, H, W) float32, already normalised) or a netCDF
  * dataset (ubyte images, normalised with data.mean / data.std), written to safetensors or netCDF.
- * This is how users and other implementations compare against tessera. */
+ * With --adapters FILE (written by tsr_adapters_save), the adapters the file describes are attached in
+ * evaluation mode (routing z = sigmoid(Z[task]), no noise, no dropout) with every image given task
+ * --task N (default 0). This is how users and other implementations compare against tessera. */
 #define _POSIX_C_SOURCE 200809L
 #include <libgen.h>
 #include <stdio.h>
@@ -14,6 +16,8 @@
 #include "core/common.h"
 #include "data/dataset_nc.h"
 #include "dist/parallel.h"
+#include "adapters/adapters.h"
+#include "io/adapter_io.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 #include "io/tsr_config.h"
@@ -29,6 +33,8 @@ static void predict_usage(FILE *f) {
             "                      data.mean / data.std for netCDF input); default: built-in defaults\n"
             "  --hf-config FILE    Hugging Face config.json (default: config.json beside the checkpoint)\n"
             "  --batch N           images per forward pass (default 64)\n"
+            "  --adapters FILE     attach the adapters of FILE (tsr_adapters_save format) in evaluation mode\n"
+            "  --task N            with --adapters: the task (routing row) of every image (default 0)\n"
             "  --set key=value     override a configuration key (repeatable)\n");
 }
 
@@ -38,8 +44,8 @@ static int has_suffix(const char *s, const char *suf) {
 }
 
 int tsr_cmd_predict(int argc, char **argv) {
-    const char *ckpt = NULL, *input = NULL, *output = NULL, *cfg_path = NULL, *hf_cfg = NULL;
-    int batch = 64, nset = 0;
+    const char *ckpt = NULL, *input = NULL, *output = NULL, *cfg_path = NULL, *hf_cfg = NULL, *adapters = NULL;
+    int batch = 64, nset = 0, task = -1;
     char **sets = tsr_calloc((size_t)argc + 1, sizeof(char *));
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -64,6 +70,7 @@ int tsr_cmd_predict(int argc, char **argv) {
         OPT("--output", output)
         OPT("--config", cfg_path)
         OPT("--hf-config", hf_cfg)
+        OPT("--adapters", adapters)
 #undef OPT
         if (strcmp(a, "--set") == 0 && has_val) {
             sets[nset++] = argv[++i];
@@ -80,6 +87,17 @@ int tsr_cmd_predict(int argc, char **argv) {
             batch = (int)v;
             continue;
         }
+        if (strcmp(a, "--task") == 0 && has_val) {
+            char *end;
+            long v = strtol(argv[++i], &end, 10);
+            if (*end || !*argv[i] || v < 0 || v > 1 << 24) {
+                tsr_log(TSR_LOG_ERROR, "predict: --task expects an integer >= 0, got '%s'", argv[i]);
+                free(sets);
+                return 2;
+            }
+            task = (int)v;
+            continue;
+        }
         tsr_log(TSR_LOG_ERROR, "predict: unknown or incomplete option '%s'", a);
         predict_usage(stderr);
         free(sets);
@@ -91,13 +109,21 @@ int tsr_cmd_predict(int argc, char **argv) {
         free(sets);
         return 2;
     }
+    if (task >= 0 && !adapters) {
+        tsr_log(TSR_LOG_ERROR, "predict: --task needs --adapters (a routing row belongs to an adapter set)");
+        free(sets);
+        return 2;
+    }
+    if (task < 0) task = 0;
     int rc = 1;
     tsr_config cfg;
     float *images = NULL, *logits = NULL;
-    int *labels = NULL;
+    int *labels = NULL, *task_ids = NULL;
     char *cfg_text = NULL;
     tsr_vit m;
     memset(&m, 0, sizeof m);
+    tsr_adapters ad;
+    memset(&ad, 0, sizeof ad);
     if (tsr_config_load(&cfg, cfg_path, nset, sets) != 0) {
         tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
         goto out;
@@ -205,12 +231,49 @@ int tsr_cmd_predict(int argc, char **argv) {
         tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
         goto out;
     }
+    if (adapters) {
+        /* the adapters the file describes, for this backbone */
+        tsr_adapter_config ac;
+        int adepth, adim, amlp;
+        if (tsr_adapters_load_config(adapters, &ac, &adepth, &adim, &amlp) != 0) {
+            tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
+            goto out;
+        }
+        if (adepth != vc.depth || adim != vc.dim || amlp != vc.mlp_dim) {
+            tsr_log(TSR_LOG_ERROR, "%s: adapters for a backbone of depth %d, dim %d, mlp %d; %s has depth %d, dim %d, "
+                    "mlp %d", adapters, adepth, adim, amlp, ckpt, vc.depth, vc.dim, vc.mlp_dim);
+            goto out;
+        }
+        int nt = ac.n_tasks > 0 ? ac.n_tasks : 1;
+        if (task >= nt) {
+            tsr_log(TSR_LOG_ERROR, "predict: --task %d is outside [0, %d): %s has %d task row(s)", task, nt, adapters, nt);
+            goto out;
+        }
+        if (tsr_adapters_create(&ad, &ac, vc.depth, vc.dim, vc.mlp_dim, m.tokens, batch) != 0) {
+            tsr_log(TSR_LOG_ERROR, "%s: %s", adapters, tsr_last_error());
+            goto out;
+        }
+        ad.ln_eps = vc.ln_eps;
+        if (tsr_adapters_load(&ad, adapters) != 0) {
+            tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
+            goto out;
+        }
+        m.ad = &ad;
+        task_ids = tsr_malloc(sizeof(int) * (size_t)batch);
+        for (int i = 0; i < batch; i++) task_ids[i] = task;
+        tsr_info("predict: %d adapter modules from %s (%d skill(s), %d head(s)), task %d", ad.n_mod, adapters,
+                 ac.skills, ac.heads, task);
+    }
     int K = vc.num_classes;
     logits = tsr_malloc(sizeof(float) * (size_t)n * K);
     double t0 = tsr_time();
     int64_t correct = 0;
     for (int64_t s = 0; s < n; s += batch) {
         int b = (int)(n - s < batch ? n - s : batch);
+        if (m.ad && tsr_adapters_begin(&ad, task_ids, b, 0, 0, 0, NULL) != 0) {
+            tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
+            goto out;
+        }
         tsr_vit_forward(&m, images + (size_t)s * C * S * S, NULL, b);
         memcpy(logits + (size_t)s * K, m.acts.logits, sizeof(float) * (size_t)b * K);
     }
@@ -226,17 +289,20 @@ int tsr_cmd_predict(int argc, char **argv) {
     tsr_info("predict: %lld images in %.2f s (%.1f images/s)%s", (long long)n, dt, (double)n / dt, "");
     if (labels) tsr_info("predict: accuracy %.4f (%lld / %lld)", (double)correct / (double)n, (long long)correct, (long long)n);
 
-    const char *keys[] = {"tessera_version", "git_commit", "checkpoint", "input", "config"};
-    const char *vals[] = {TSR_VERSION, TSR_GIT_COMMIT, ckpt, input, cfg_text};
+    char task_s[16];
+    snprintf(task_s, sizeof task_s, "%d", task);
+    const char *keys[] = {"tessera_version", "git_commit", "checkpoint", "input", "config", "adapters", "task"};
+    const char *vals[] = {TSR_VERSION, TSR_GIT_COMMIT, ckpt, input, cfg_text, adapters, task_s};
+    int nkeys = adapters ? 7 : 5;
     if (tsr_world.rank == 0) {
         int w;
         if (has_suffix(output, ".nc") || has_suffix(output, ".nc4")) {
-            w = tsr_nc_write_logits_ex(output, n, K, logits, labels, 5, keys, vals);
+            w = tsr_nc_write_logits_ex(output, n, K, logits, labels, nkeys, keys, vals);
         } else {
             tsr_st_writer *sw = tsr_st_writer_new();
             int64_t shape[2] = {n, K};
             tsr_st_writer_add(sw, "logits", TSR_DT_F32, 2, shape, logits);
-            for (int i = 0; i < 5; i++) tsr_st_writer_meta(sw, keys[i], vals[i]);
+            for (int i = 0; i < nkeys; i++) tsr_st_writer_meta(sw, keys[i], vals[i]);
             w = tsr_st_writer_write(sw, output);
             tsr_st_writer_free(sw);
         }
@@ -253,6 +319,8 @@ out:
     free(labels);
     free(logits);
     free(cfg_text);
+    free(task_ids);
+    tsr_adapters_destroy(&ad); /* NULL-safe: also after a failed create */
     if (m.params_mem) tsr_vit_destroy(&m);
     return rc;
 }

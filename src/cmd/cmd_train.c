@@ -196,7 +196,7 @@ int tsr_cmd_train(int argc, char **argv) {
             double now = tsr_time(), ips = n_win * B / (now - t_win);
             double eta = (steps - step - 1) * (now - t_start) / (step + 1);
             double tl = NAN, ta = NAN;
-            if (do_eval) ta = evaluate(&m, &test, last ? test.n : 2000, &tl);
+            if (do_eval) ta = evaluate(&m, &test, last ? (cfg.train.eval_limit > 0 ? cfg.train.eval_limit : test.n) : 2000, &tl);
             tsr_info("step %6ld/%ld  loss %.4f  lr %.2e  |g| %.3f  %7.1f img/s  ETA %4.0f s%s", step + 1, steps,
                      loss_win / n_win, lr, gn, ips, eta, "");
             if (do_eval)

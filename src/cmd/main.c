@@ -12,6 +12,7 @@ static void usage(FILE *f) {
             "\n"
             "commands:\n"
             "  train CONFIG [--set key=value ...]   train a ViT backbone (full training) on the configured data\n"
+            "  adapt CONFIG [--set key=value ...]   parameter-efficient training (LoRA, adapters, Poly, MHR, MoSA, ...)\n"
             "  predict --checkpoint FILE --input FILE --output FILE [options]\n"
             "                                       logits of a backbone checkpoint (timm or Hugging Face naming)\n"
             "  version                              git commit, compiler, BLAS and MPI library\n"
@@ -30,6 +31,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) fn = tsr_cmd_version;
     else if (strcmp(cmd, "predict") == 0) fn = tsr_cmd_predict;
     else if (strcmp(cmd, "train") == 0) fn = tsr_cmd_train;
+    else if (strcmp(cmd, "adapt") == 0) fn = tsr_cmd_adapt;
     if (!fn) {
         fprintf(stderr, "tessera: unknown command '%s'\n\n", cmd);
         usage(stderr);

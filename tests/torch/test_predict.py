@@ -4,8 +4,16 @@ the `vit.` prefix) of a small ViT must reproduce the PyTorch logits (tests/torch
 max abs error, written as safetensors and as netCDF; bad input files must be refused with a message
 naming the file and tensor, and a non-zero exit status.
 
+Adapters (`--adapters FILE --task N`): for every case of tests/torch/adapter_ref.py (generated here into a
+temporary directory), the reference adapter tensors are written as a tessera adapter file (the tensors plus
+the `tessera_adapters` JSON description, built here from the reference's metadata); tessera predict with
+them, every image given task N, must reproduce adapter_ref's evaluation-mode forward (z = sigmoid(Z[N]),
+no noise) for that single-task batch to 1e-4. Files without the description, a --task outside the routing
+rows, and adapters for another backbone are refused.
+
 usage: test_predict.py TESSERA_BINARY REFERENCE_DIR
 """
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +41,101 @@ def check(cond, what):
         passed += 1
     else:
         failures += 1
+
+
+def tessera_description(spec, c):
+    """The `tessera_adapters` JSON (src/io/adapter_io.h) of an adapter_ref case."""
+    lora = spec.kind == "lora"
+    return {
+        "format": "tessera-adapters", "version": 1,
+        "lora_sites": list(spec.sites) if lora else [], "lora_rank": spec.rank if lora else 0,
+        "lora_alpha": spec.alpha if lora else 0.0,
+        "bn_sites": [] if lora else list(spec.pos), "bn_dim": 0 if lora else spec.rank,
+        "bn_scale": 0.0 if lora else spec.scale, "bn_dropout": 0.0,
+        "activation": "gelu" if lora else spec.act,
+        "skills": spec.skills, "heads": spec.heads, "n_tasks": spec.n_tasks, "noise": spec.noise,
+        "tau": spec.tau, "layer_min": 0, "layer_max": -1,
+        "depth": c.depth, "dim": c.dim, "mlp": c.mlp, "tokens": c.tokens, "ln_eps": c.eps,
+    }
+
+
+def adapter_cases(exe, tmp):
+    import torch
+    import adapter_ref
+    import vit_ref
+
+    gen = os.path.join(tmp, "adapter_ref")
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = run([sys.executable, os.path.join(here, "adapter_ref.py"), "--out", gen, "--case", "all", "--no-verify"])
+    check(r.returncode == 0, "adapter_ref.py generates the adapter references")
+    if r.returncode != 0:
+        print(r.stdout, r.stderr)
+        return
+    for i, name in enumerate(adapter_ref.CASES):
+        d = os.path.join(gen, name)
+        ad, ameta = st.load(os.path.join(d, "adapters.safetensors"))
+        w, _ = st.load(os.path.join(d, "weights_timm.safetensors"))
+        ref, _ = st.load(os.path.join(d, "ref.safetensors"))
+        c = vit_ref.Cfg.from_meta(ameta)
+        spec = adapter_ref.Spec.from_meta(ameta)
+        desc = tessera_description(spec, c)
+        tess = os.path.join(tmp, f"{name}.adapters.safetensors")
+        st.save(tess, ad, {"tessera_adapters": json.dumps(desc), "format": "pt"})
+        task = (i + 1) % spec.n_tasks
+        x = ref["input"]
+        tids = np.full(x.shape[0], task, np.int64)
+        want = adapter_ref.eval_logits(c, spec, w, ad, {}, x, tids, torch.float64, use_noise=False)
+        backbone = adapter_ref.eval_logits(c, spec, w, ad, {}, x, tids, torch.float64, adapters=False)
+        sets = ["--set", f"model.heads={c.heads}", "--set", f"model.ln_eps={c.eps!r}"]
+        base = [exe, "predict", "--checkpoint", os.path.join(d, "weights_timm.safetensors"),
+                "--input", os.path.join(d, "ref.safetensors")]
+        out = os.path.join(tmp, f"{name}.logits.safetensors")
+        r = run(base + ["--output", out, "--adapters", tess, "--task", str(task)] + sets)
+        if r.returncode != 0:
+            print(r.stdout, r.stderr)
+        check(r.returncode == 0, f"predict --adapters ({name}) --task {task} exits 0")
+        if r.returncode != 0:
+            continue
+        got, gmeta = st.load(out)
+        got = got["logits"]
+        err = float(np.max(np.abs(got - want)))
+        moved = float(np.max(np.abs(want - backbone)))
+        check(got.shape == want.shape and err <= TOL and moved > 100 * TOL,
+              f"{name} (S={spec.skills}, h={spec.heads}) task {task}: max abs error {err:.2e} <= {TOL:g} "
+              f"(the adapters move the logits by {moved:.2e})")
+        check(gmeta.get("adapters") == tess and gmeta.get("task") == str(task), "output records adapters and task")
+
+    # refusals: clear message, non-zero exit, nothing written
+    d = os.path.join(gen, "mhr")
+    ad, ameta = st.load(os.path.join(d, "adapters.safetensors"))
+    c = vit_ref.Cfg.from_meta(ameta)
+    spec = adapter_ref.Spec.from_meta(ameta)
+    sets = ["--set", f"model.heads={c.heads}", "--set", f"model.ln_eps={c.eps!r}"]
+    base = [exe, "predict", "--checkpoint", os.path.join(d, "weights_timm.safetensors"),
+            "--input", os.path.join(d, "ref.safetensors")]
+    out = os.path.join(tmp, "never.safetensors")
+    raw = os.path.join(d, "adapters.safetensors")
+    r = run(base + ["--output", out, "--adapters", raw] + sets)
+    check(r.returncode != 0 and "tessera_adapters" in r.stderr and not os.path.exists(out),
+          "adapter file without the description refused")
+    tess = os.path.join(tmp, "mhr.adapters.safetensors")
+    r = run(base + ["--output", out, "--adapters", tess, "--task", str(spec.n_tasks)] + sets)
+    check(r.returncode != 0 and "--task" in r.stderr and not os.path.exists(out), "--task outside the rows refused")
+    r = run(base + ["--output", out, "--task", "0"] + sets)
+    check(r.returncode != 0 and "--adapters" in r.stderr, "--task without --adapters refused")
+    desc = tessera_description(spec, c)
+    desc["mlp"] = 2 * c.mlp
+    other = os.path.join(tmp, "other.adapters.safetensors")
+    st.save(other, ad, {"tessera_adapters": json.dumps(desc)})
+    r = run(base + ["--output", out, "--adapters", other] + sets)
+    check(r.returncode != 0 and "other.adapters.safetensors" in r.stderr and not os.path.exists(out),
+          "adapters for another backbone refused")
+    del ad["blocks.1.lora.fc2.B"]
+    desc["mlp"] = c.mlp
+    st.save(other, ad, {"tessera_adapters": json.dumps(desc)})
+    r = run(base + ["--output", out, "--adapters", other] + sets)
+    check(r.returncode != 0 and "blocks.1.lora.fc2.B" in r.stderr and not os.path.exists(out),
+          "adapter file missing a tensor refused, naming it")
 
 
 def main():
@@ -125,6 +228,7 @@ def main():
         r = run([exe, "predict", "--checkpoint", os.path.join(ref_dir, "weights_timm.safetensors"),
                  "--input", os.path.join(ref_dir, "ref.safetensors"), "--output", out, "--set", "model.hedas=2"])
         check(r.returncode != 0 and "model.hedas" in r.stderr, "unknown --set key refused")
+        adapter_cases(exe, tmp)
     print(f"{passed} passed, {failures} failed")
     return 1 if failures else 0
 

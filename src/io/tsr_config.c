@@ -58,6 +58,8 @@ const cfg_field tsr_config_schema[] = {
     F("train.grad_clip", CFG_FLOAT, train.grad_clip, 0, 1e6, NULL, "1.0",
       "clip the global gradient norm to this value (0 = off)"),
     F("train.eval_every", CFG_INT, train.eval_every, 1, 1e9, NULL, "100", "evaluate every N steps"),
+    F("train.eval_limit", CFG_INT, train.eval_limit, 0, 1e9, NULL, "0",
+      "test images in the final evaluation (0 = the whole test set; evaluations during training use 1000)"),
     F("train.log_every", CFG_INT, train.log_every, 1, 1e9, NULL, "10", "log training metrics every N steps"),
     /* adapt */
     F("adapt.mode", CFG_ENUM, adapt.mode, 1, 0, "adapters|probe|full", "\"adapters\"",

@@ -43,6 +43,7 @@ typedef struct {
         double grad_clip;    /* global gradient-norm clip (0 = off) */
         long eval_every;     /* evaluate every N steps */
         long log_every;      /* log every N steps */
+        long eval_limit;     /* test images per evaluation at the end (0 = all; 1000 during training) */
     } train;
     struct {
         char mode[CFG_STR_MAX];      /* "adapters" | "probe" | "full": what `tessera adapt` trains */

@@ -47,18 +47,6 @@ static void task_perm(int *perm, int K, long n, uint64_t seed) {
     }
 }
 
-static int mkdirs(const char *path) {
-    char tmp[1024];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *p = tmp + 1; *p; p++)
-        if (*p == '/') {
-            *p = 0;
-            if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return tsr_error("%s: cannot create (%s)", tmp, strerror(errno));
-            *p = '/';
-        }
-    if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return tsr_error("%s: cannot create (%s)", tmp, strerror(errno));
-    return 0;
-}
 
 static int site_mask(const cfg_string_list *l) {
     static const char *names[TSR_NLORA] = {"q", "k", "v", "proj", "fc1", "fc2"};
@@ -192,29 +180,13 @@ static double evaluate(tsr_vit *m, tsr_adapters *ad, tsr_mosa *mo, const tsr_ima
 }
 
 int tsr_cmd_adapt(int argc, char **argv) {
-    const char *cfg_path = NULL;
-    int nset = 0;
-    char **sets = tsr_calloc((size_t)argc + 1, sizeof(char *));
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            printf("usage: tessera adapt CONFIG [--set key=value ...]\n"
-                   "  parameter-efficient training on label-permutation tasks; see configs/methods/\n");
-            free(sets);
-            return 0;
-        } else if (strcmp(argv[i], "--set") == 0 && i + 1 < argc) {
-            sets[nset++] = argv[++i];
-        } else if (argv[i][0] != '-' && !cfg_path) {
-            cfg_path = argv[i];
-        } else {
-            tsr_log(TSR_LOG_ERROR, "adapt: unexpected argument '%s' (usage: tessera adapt CONFIG [--set key=value ...])", argv[i]);
-            free(sets);
-            return 2;
-        }
-    }
-    if (!cfg_path) {
-        tsr_log(TSR_LOG_ERROR, "adapt: a configuration file is required (e.g. configs/methods/mhr.yaml)");
+    const char *cfg_path;
+    int nset;
+    char **sets;
+    int pr = tsr_parse_config_cmdline("adapt", "parameter-efficient training on label-permutation tasks; see configs/methods/ and docs/ADAPTERS.md", argc, argv, &cfg_path, &nset, &sets);
+    if (pr != 0) {
         free(sets);
-        return 2;
+        return pr == 1 ? 0 : 2;
     }
     int rc = 1;
     tsr_config cfg;
@@ -239,26 +211,7 @@ int tsr_cmd_adapt(int argc, char **argv) {
     float *xb = NULL;
     int *yb = NULL, *tb = NULL;
 
-    if (tsr_config_load(&cfg, cfg_path, nset, sets) != 0) {
-        tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
-        goto out;
-    }
-    if (tsr_world.size > 1) {
-        tsr_log(TSR_LOG_ERROR, "adapt: runs on one rank (got %d); multi-rank training is `tessera pretrain`", tsr_world.size);
-        goto out;
-    }
-    if (tsr_runtime_setup((int)cfg.run.threads) != 0) goto out;
-    cfg_text = tsr_config_dump(&cfg);
-    tsr_info("resolved configuration:\n%s", cfg_text);
-    if (mkdirs(cfg.run.output_dir) != 0) {
-        tsr_log(TSR_LOG_ERROR, "run.output_dir: %s", tsr_last_error());
-        goto out;
-    }
-    snprintf(path, sizeof path, "%s/config.yaml", cfg.run.output_dir);
-    if (tsr_write_file_atomic(path, cfg_text, strlen(cfg_text)) != 0) {
-        tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
-        goto out;
-    }
+    if (!(cfg_text = tsr_run_setup(&cfg, "adapt", cfg_path, nset, sets))) goto out;
     if (tsr_imageset_load(&cfg, &train, &test) != 0) {
         tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
         goto out;

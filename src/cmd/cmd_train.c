@@ -43,43 +43,15 @@ static double evaluate(tsr_vit *m, const tsr_imageset *d, int64_t limit, double 
     return (double)correct / (double)n;
 }
 
-static int mkdirs(const char *path) {
-    char tmp[1024];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *p = tmp + 1; *p; p++)
-        if (*p == '/') {
-            *p = 0;
-            if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return tsr_error("%s: cannot create (%s)", tmp, strerror(errno));
-            *p = '/';
-        }
-    if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return tsr_error("%s: cannot create (%s)", tmp, strerror(errno));
-    return 0;
-}
 
 int tsr_cmd_train(int argc, char **argv) {
-    const char *cfg_path = NULL;
-    int nset = 0;
-    char **sets = tsr_calloc((size_t)argc + 1, sizeof(char *));
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            printf("usage: tessera train CONFIG [--set key=value ...]\n"
-                   "  full training of a ViT backbone; see configs/default.yaml for every key\n");
-            free(sets);
-            return 0;
-        } else if (strcmp(argv[i], "--set") == 0 && i + 1 < argc) {
-            sets[nset++] = argv[++i];
-        } else if (argv[i][0] != '-' && !cfg_path) {
-            cfg_path = argv[i];
-        } else {
-            tsr_log(TSR_LOG_ERROR, "train: unexpected argument '%s' (usage: tessera train CONFIG [--set key=value ...])", argv[i]);
-            free(sets);
-            return 2;
-        }
-    }
-    if (!cfg_path) {
-        tsr_log(TSR_LOG_ERROR, "train: a configuration file is required (e.g. configs/default.yaml)");
+    const char *cfg_path;
+    int nset;
+    char **sets;
+    int pr = tsr_parse_config_cmdline("train", "full training of a ViT backbone; see configs/default.yaml for every key", argc, argv, &cfg_path, &nset, &sets);
+    if (pr != 0) {
         free(sets);
-        return 2;
+        return pr == 1 ? 0 : 2;
     }
     int rc = 1;
     tsr_config cfg;
@@ -91,28 +63,8 @@ int tsr_cmd_train(int argc, char **argv) {
     memset(&opt, 0, sizeof opt);
     FILE *curve = NULL;
     char curve_tmp[1100] = "", curve_path[1100] = "";
-    if (tsr_config_load(&cfg, cfg_path, nset, sets) != 0) {
-        tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
-        goto out;
-    }
-    if (tsr_world.size > 1) {
-        tsr_log(TSR_LOG_ERROR, "train: runs on one rank (got %d); multi-rank training is `tessera pretrain`", tsr_world.size);
-        goto out;
-    }
-    if (tsr_runtime_setup((int)cfg.run.threads) != 0) goto out;
-    cfg_text = tsr_config_dump(&cfg);
-    tsr_info("resolved configuration:\n%s", cfg_text);
+    if (!(cfg_text = tsr_run_setup(&cfg, "train", cfg_path, nset, sets))) goto out;
     char path[1100];
-    if (mkdirs(cfg.run.output_dir) != 0) {
-        tsr_log(TSR_LOG_ERROR, "run.output_dir: %s", tsr_last_error());
-        goto out;
-    }
-    snprintf(path, sizeof path, "%s/config.yaml", cfg.run.output_dir);
-    if (tsr_write_file_atomic(path, cfg_text, strlen(cfg_text)) != 0) {
-        tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
-        goto out;
-    }
-
     double t_load = tsr_time();
     if (tsr_imageset_load(&cfg, &train, &test) != 0) {
         tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
@@ -201,7 +153,7 @@ int tsr_cmd_train(int argc, char **argv) {
                      loss_win / n_win, lr, gn, ips, eta, "");
             if (do_eval)
                 tsr_info("eval  %6ld  test loss %.4f  test accuracy %.4f (%s)", step + 1, tl, ta,
-                         last ? "full test set" : "first 2000 test images");
+                         last && cfg.train.eval_limit == 0 ? "full test set" : "first test images");
             fprintf(curve, "%ld,%.6e,%.6f,%.6f,%.6f,%.6f,%.2f\n", step + 1, lr, loss_win / n_win, gn, tl, ta, ips);
             loss_win = 0;
             n_win = 0;

@@ -9,4 +9,15 @@ int tsr_cmd_adapt(int argc, char **argv);
  * runs a generic kernel on AVX-512 hardware. Calls tsr_blas_init and tsr_dist_set_threads. 0 / -1. */
 int tsr_runtime_setup(int threads);
 void tsr_version_string(char *buf, int len);
+
+#include "io/tsr_config.h"
+/* Create a directory and its parents. 0 / -1 (tsr_error). */
+int tsr_mkdirs(const char *path);
+/* Parse "CONFIG [--set key=value ...]" (argv[0] is the command). 0 ok, 1 help printed, 2 usage error
+ * (logged). *sets is malloc'ed in every case. */
+int tsr_parse_config_cmdline(const char *cmd, const char *help, int argc, char **argv, const char **cfg_path,
+                             int *nset, char ***sets);
+/* Load and check the configuration, start-up banner, one-rank check, run.output_dir with config.yaml.
+ * Returns the resolved configuration text (malloc'ed) or NULL after logging the error. */
+char *tsr_run_setup(tsr_config *cfg, const char *cmd, const char *cfg_path, int nset, char **sets);
 #endif

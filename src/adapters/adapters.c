@@ -339,10 +339,46 @@ static act_ptrs acts_of(const tsr_adapters *ad, int k) {
     return a;
 }
 
+/* One run of consecutive examples of one task: rows [r0, r0 + n). */
+static void fwd_segment(tsr_adapters *ad, int k, int sg, act_ptrs a, const real *xx, int ldxx, real *y, int ldy,
+                        double p) {
+    const tsr_rlp *m = &ad->mod[k];
+    int T = ad->tokens, r = m->r;
+    comb_ptrs c = comb_at(ad, ad->comb, k, ad->seg_dt[sg]);
+    int r0 = ad->seg_start[sg] * T, n = (ad->seg_start[sg + 1] - ad->seg_start[sg]) * T;
+    real *hid = a.hid + (size_t)r0 * r;
+    tsr_gemm(0, 0, n, r, m->din, 1, xx + (size_t)r0 * ldxx, ldxx, c.A, r, 0, hid, r);
+    const real *act = hid;
+    if (m->has_bias) {
+        real *ac = a.act + (size_t)r0 * r, *dr = a.drop + (size_t)r0 * r;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < r; j++) hid[(size_t)i * r + j] += c.bd[j];
+        if (ad->cfg.bn_relu)
+            for (size_t i = 0; i < (size_t)n * r; i++) ac[i] = hid[i] > 0 ? hid[i] : 0;
+        else gelu_forward(ac, hid, (long)n * r);
+        if (p > 0) { /* the mask depends on (seed, step, module, rows): reproducible */
+            tsr_rng rg;
+            tsr_rng_seed(&rg, ad->dropout_seed ^ ((uint64_t)ad->step * 1000003u + (uint64_t)k * 7919u + (uint64_t)r0));
+            for (size_t i = 0; i < (size_t)n * r; i++) {
+                dr[i] = tsr_rng_uniform(&rg) < p ? 0 : (real)(1 / (1 - p));
+                ac[i] *= dr[i];
+            }
+        }
+        act = ac;
+    }
+    real *yy = y + (size_t)r0 * ldy;
+    tsr_gemm(0, 0, n, m->dout, r, (real)m->scale, act, r, c.B, m->dout, 1, yy, ldy);
+    if (m->has_bias)
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < m->dout; j++) yy[(size_t)i * ldy + j] += (real)m->scale * c.bu[j];
+}
+
+/* Small GEMMs: with several task runs, one thread per run (BLAS single-threaded inside, since OpenMP
+ * nesting is off) costs far less than threading each small call; one run keeps BLAS's threads. */
 void tsr_ad_forward(tsr_adapters *ad, int k, real *y, int ldy, const real *x, int ldx) {
     const tsr_rlp *m = &ad->mod[k];
     act_ptrs a = acts_of(ad, k);
-    int T = ad->tokens, r = m->r, rows = ad->batch * T;
+    int rows = ad->batch * ad->tokens;
     const real *xx = x;
     int ldxx = ldx;
     if (m->has_ln) {
@@ -355,46 +391,54 @@ void tsr_ad_forward(tsr_adapters *ad, int k, real *y, int ldy, const real *x, in
         ldxx = m->din;
     }
     double p = m->has_bias && ad->training ? ad->cfg.bn_dropout : 0;
-    for (int sg = 0; sg < ad->nseg; sg++) {
-        comb_ptrs c = comb_at(ad, ad->comb, k, ad->seg_dt[sg]);
-        int r0 = ad->seg_start[sg] * T, n = (ad->seg_start[sg + 1] - ad->seg_start[sg]) * T;
-        real *hid = a.hid + (size_t)r0 * r;
-        tsr_gemm(0, 0, n, r, m->din, 1, xx + (size_t)r0 * ldxx, ldxx, c.A, r, 0, hid, r);
-        const real *act = hid;
-        if (m->has_bias) {
-            real *ac = a.act + (size_t)r0 * r, *dr = a.drop + (size_t)r0 * r;
-            for (int i = 0; i < n; i++)
-                for (int j = 0; j < r; j++) hid[(size_t)i * r + j] += c.bd[j];
-            if (ad->cfg.bn_relu)
-                for (size_t i = 0; i < (size_t)n * r; i++) ac[i] = hid[i] > 0 ? hid[i] : 0;
-            else gelu_forward(ac, hid, (long)n * r);
-            if (p > 0) {
-                tsr_rng rg;
-                tsr_rng_seed(&rg, ad->dropout_seed ^ ((uint64_t)ad->step * 1000003u + (uint64_t)k * 7919u + (uint64_t)r0));
-                for (size_t i = 0; i < (size_t)n * r; i++) dr[i] = tsr_rng_uniform(&rg) < p ? 0 : (real)(1 / (1 - p));
-            } else {
-                for (size_t i = 0; i < (size_t)n * r; i++) dr[i] = 1;
-            }
-            for (size_t i = 0; i < (size_t)n * r; i++) ac[i] *= dr[i];
-            act = ac;
-        }
-        real *yy = y + (size_t)r0 * ldy;
-        tsr_gemm(0, 0, n, m->dout, r, (real)m->scale, act, r, c.B, m->dout, 1, yy, ldy);
-        if (m->has_bias)
-            for (int i = 0; i < n; i++)
-                for (int j = 0; j < m->dout; j++) yy[(size_t)i * ldy + j] += (real)m->scale * c.bu[j];
+    if (ad->nseg > 1) {
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int sg = 0; sg < ad->nseg; sg++) fwd_segment(ad, k, sg, a, xx, ldxx, y, ldy, p);
+    } else {
+        fwd_segment(ad, k, 0, a, xx, ldxx, y, ldy, p);
     }
+}
+
+static void bwd_segment(tsr_adapters *ad, int k, int sg, act_ptrs a, const real *xx, int ldxx, real *dxx, int lddxx,
+                        const real *dy, int ldy, double p) {
+    const tsr_rlp *m = &ad->mod[k];
+    int T = ad->tokens, r = m->r, rows = ad->batch * T;
+    comb_ptrs c = comb_at(ad, ad->comb, k, ad->seg_dt[sg]), g = comb_at(ad, ad->dcomb, k, ad->seg_dt[sg]);
+    int r0 = ad->seg_start[sg] * T, n = (ad->seg_start[sg + 1] - ad->seg_start[sg]) * T;
+    real *dH = ad->scratch + (size_t)r0 * r, *tmp = ad->scratch + (size_t)rows * ad->rmax + (size_t)r0 * r;
+    const real *dyy = dy + (size_t)r0 * ldy;
+    const real *act = (m->has_bias ? a.act : a.hid) + (size_t)r0 * r;
+    tsr_gemm(1, 0, r, m->dout, n, (real)m->scale, act, r, dyy, ldy, 1, g.B, m->dout);
+    tsr_gemm(0, 1, n, r, m->dout, (real)m->scale, dyy, ldy, c.B, m->dout, 0, dH, r);
+    if (m->has_bias) {
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < m->dout; j++) g.bu[j] += (real)m->scale * dyy[(size_t)i * ldy + j];
+        const real *hid = a.hid + (size_t)r0 * r, *dr = a.drop + (size_t)r0 * r;
+        if (p > 0)
+            for (size_t i = 0; i < (size_t)n * r; i++) dH[i] *= dr[i];
+        if (ad->cfg.bn_relu) {
+            for (size_t i = 0; i < (size_t)n * r; i++) dH[i] = hid[i] > 0 ? dH[i] : 0;
+        } else {
+            memset(tmp, 0, sizeof(real) * (size_t)n * r);
+            gelu_backward(tmp, dH, hid, (long)n * r);
+            memcpy(dH, tmp, sizeof(real) * (size_t)n * r);
+        }
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < r; j++) g.bd[j] += dH[(size_t)i * r + j];
+    }
+    tsr_gemm(1, 0, m->din, r, n, 1, xx + (size_t)r0 * ldxx, ldxx, dH, r, 1, g.A, r);
+    if (dxx) tsr_gemm(0, 1, n, m->din, r, 1, dH, r, c.A, r, 1, dxx + (size_t)r0 * lddxx, lddxx);
 }
 
 void tsr_ad_backward(tsr_adapters *ad, int k, real *dx, int ldx, const real *dy, int ldy, const real *x, int ldx_in) {
     const tsr_rlp *m = &ad->mod[k];
     act_ptrs a = acts_of(ad, k);
-    int T = ad->tokens, r = m->r, rows = ad->batch * T;
+    int rows = ad->batch * ad->tokens;
     const real *xx = x;
     int ldxx = ldx_in;
     real *dxx = dx;
     int lddxx = ldx;
-    real *dH = ad->scratch, *tmp = ad->scratch + (size_t)rows * ad->rmax, *dln = ad->scratch + 2 * (size_t)rows * ad->rmax;
+    real *dln = ad->scratch + 2 * (size_t)rows * ad->rmax;
     if (m->has_ln) {
         xx = a.ln;
         ldxx = ad->dim;
@@ -405,30 +449,15 @@ void tsr_ad_backward(tsr_adapters *ad, int k, real *dx, int ldx, const real *dy,
         xx = a.xin;
         ldxx = m->din;
     }
-    for (int sg = 0; sg < ad->nseg; sg++) {
-        comb_ptrs c = comb_at(ad, ad->comb, k, ad->seg_dt[sg]), g = comb_at(ad, ad->dcomb, k, ad->seg_dt[sg]);
-        int r0 = ad->seg_start[sg] * T, n = (ad->seg_start[sg + 1] - ad->seg_start[sg]) * T;
-        const real *dyy = dy + (size_t)r0 * ldy;
-        const real *act = (m->has_bias ? a.act : a.hid) + (size_t)r0 * r;
-        tsr_gemm(1, 0, r, m->dout, n, (real)m->scale, act, r, dyy, ldy, 1, g.B, m->dout);
-        tsr_gemm(0, 1, n, r, m->dout, (real)m->scale, dyy, ldy, c.B, m->dout, 0, dH, r);
-        if (m->has_bias) {
-            for (int i = 0; i < n; i++)
-                for (int j = 0; j < m->dout; j++) g.bu[j] += (real)m->scale * dyy[(size_t)i * ldy + j];
-            const real *hid = a.hid + (size_t)r0 * r, *dr = a.drop + (size_t)r0 * r;
-            for (size_t i = 0; i < (size_t)n * r; i++) dH[i] *= dr[i];
-            if (ad->cfg.bn_relu) {
-                for (size_t i = 0; i < (size_t)n * r; i++) dH[i] = hid[i] > 0 ? dH[i] : 0;
-            } else {
-                memset(tmp, 0, sizeof(real) * (size_t)n * r);
-                gelu_backward(tmp, dH, hid, (long)n * r);
-                memcpy(dH, tmp, sizeof(real) * (size_t)n * r);
-            }
-            for (int i = 0; i < n; i++)
-                for (int j = 0; j < r; j++) g.bd[j] += dH[(size_t)i * r + j];
-        }
-        tsr_gemm(1, 0, m->din, r, n, 1, xx + (size_t)r0 * ldxx, ldxx, dH, r, 1, g.A, r);
-        if (dxx) tsr_gemm(0, 1, n, m->din, r, 1, dH, r, c.A, r, 1, dxx + (size_t)r0 * lddxx, lddxx);
+    double p = m->has_bias && ad->training ? ad->cfg.bn_dropout : 0;
+    /* one thread per distinct task: each task's combined-weight gradient has one writer */
+    if (ad->ndt > 1) {
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int d = 0; d < ad->ndt; d++)
+            for (int sg = 0; sg < ad->nseg; sg++)
+                if (ad->seg_dt[sg] == d) bwd_segment(ad, k, sg, a, xx, ldxx, dxx, lddxx, dy, ldy, p);
+    } else {
+        for (int sg = 0; sg < ad->nseg; sg++) bwd_segment(ad, k, sg, a, xx, ldxx, dxx, lddxx, dy, ldy, p);
     }
     if (m->has_ln)
         layernorm_backward(dx, ad->grads + m->olnw, ad->grads + m->olnb, dln, x, ad->params + m->olnw, a.mean, a.rstd,

@@ -260,51 +260,76 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
 
         /* MLP branch: out = mid + fc2(gelu(fc1(ln2(mid)))) [+ adapters]. GELU's output is kept for one
          * block only (saves (L-1) x B x T x M values); fc2's weight gradient and an fc2 LoRA need it. */
-        int k_fc2 = AD(TSR_LORA_FC2);
+        /* What this block must produce. At the lowest adapted block, when nothing below needs a gradient
+         * (adapter tuning), the gradient into resid[l] is not needed, nor, without adapters in the
+         * attention branch, anything of that branch. */
+        int need_dx = below || l > l_stop;
+        int k_q = AD(TSR_LORA_Q), k_k = AD(TSR_LORA_K), k_v = AD(TSR_LORA_V), k_fc2 = AD(TSR_LORA_FC2);
+        int k_fc1 = AD(TSR_LORA_FC1), k_proj = AD(TSR_LORA_PROJ), k_hou = AD(TSR_NLORA + TSR_BN_HOULSBY_ATTN);
+        int need_qkv = wg || need_dx || k_q >= 0 || k_k >= 0 || k_v >= 0;
+        int attn_needs = need_qkv || k_proj >= 0 || k_hou >= 0;
+        int need_dfc2 = wg || attn_needs || k_fc1 >= 0;
         if (wg || k_fc2 >= 0) gelu_forward(gl, fc1, (long)BT * M);
         memcpy(dmid, dx, sizeof(real) * BTD);
-        if ((k = AD(TSR_NLORA + TSR_BN_PARALLEL)) >= 0) tsr_ad_backward(ad, k, dmid, D, dx, D, mid, D);
+        if ((k = AD(TSR_NLORA + TSR_BN_PARALLEL)) >= 0)
+            tsr_ad_backward(ad, k, attn_needs ? dmid : NULL, D, dx, D, mid, D);
         const real *dy2 = dx; /* d (MLP output) */
         if ((k = AD(TSR_NLORA + TSR_BN_MLP_SEQ)) >= 0) {
             memcpy(m->d_atty, dx, sizeof(real) * BTD);
             tsr_ad_backward(ad, k, m->d_atty, D, dx, D, NULL, D);
             dy2 = m->d_atty;
         }
-        memset(m->d_fc2, 0, sizeof(real) * (size_t)BT * M);
-        linear_backward(m->d_fc2, wg ? g->fc2w + oD * M : NULL, wg ? g->fc2b + oD : NULL, dy2, gl,
-                        p->fc2w + oD * M, BT, M, D);
-        if (k_fc2 >= 0) tsr_ad_backward(ad, k_fc2, m->d_fc2, M, dy2, D, gl, M);
-        memset(m->d_fc, 0, sizeof(real) * (size_t)BT * M);
-        gelu_backward(m->d_fc, m->d_fc2, fc1, (long)BT * M);
-        memset(m->d_ln, 0, sizeof(real) * BTD);
-        linear_backward(m->d_ln, wg ? g->fc1w + oM * D : NULL, wg ? g->fc1b + oM : NULL, m->d_fc, ln2,
-                        p->fc1w + oM * D, BT, D, M);
-        if ((k = AD(TSR_LORA_FC1)) >= 0) tsr_ad_backward(ad, k, m->d_ln, D, m->d_fc, M, ln2, D);
-        layernorm_backward(dmid, wg ? g->ln2w + oD : NULL, wg ? g->ln2b + oD : NULL, m->d_ln, mid,
-                           p->ln2w + oD, ln2m, ln2r, BT, D);
+        if (need_dfc2) {
+            memset(m->d_fc2, 0, sizeof(real) * (size_t)BT * M);
+            linear_backward(m->d_fc2, wg ? g->fc2w + oD * M : NULL, wg ? g->fc2b + oD : NULL, dy2, gl,
+                            p->fc2w + oD * M, BT, M, D);
+        }
+        if (k_fc2 >= 0) tsr_ad_backward(ad, k_fc2, need_dfc2 ? m->d_fc2 : NULL, M, dy2, D, gl, M);
+        if (need_dfc2) {
+            memset(m->d_fc, 0, sizeof(real) * (size_t)BT * M);
+            gelu_backward(m->d_fc, m->d_fc2, fc1, (long)BT * M);
+            if (attn_needs || wg) {
+                memset(m->d_ln, 0, sizeof(real) * BTD);
+                linear_backward(attn_needs ? m->d_ln : NULL, wg ? g->fc1w + oM * D : NULL, wg ? g->fc1b + oM : NULL,
+                                m->d_fc, ln2, p->fc1w + oM * D, BT, D, M);
+            }
+            if (k_fc1 >= 0) tsr_ad_backward(ad, k_fc1, attn_needs ? m->d_ln : NULL, D, m->d_fc, M, ln2, D);
+            if (attn_needs || wg)
+                layernorm_backward(attn_needs ? dmid : NULL, wg ? g->ln2w + oD : NULL, wg ? g->ln2b + oD : NULL, m->d_ln,
+                                   mid, p->ln2w + oD, ln2m, ln2r, BT, D);
+        }
+        if (!attn_needs) continue; /* l == l_stop: nothing below or in the attention branch is trained */
 
         /* attention branch: mid = x + proj(attn(qkv(ln1(x)))) [+ adapters] */
         real *dxin = dx; /* reuse: d resid[l] */
         memcpy(dxin, dmid, sizeof(real) * BTD);
         const real *dp = dmid; /* d (projected attention output) */
-        if ((k = AD(TSR_NLORA + TSR_BN_HOULSBY_ATTN)) >= 0) {
+        if (k_hou >= 0) {
             memcpy(m->d_ln, dmid, sizeof(real) * BTD);
-            tsr_ad_backward(ad, k, m->d_ln, D, dmid, D, NULL, D);
+            tsr_ad_backward(ad, k_hou, m->d_ln, D, dmid, D, NULL, D);
             dp = m->d_ln;
         }
-        memset(m->d_atty, 0, sizeof(real) * BTD);
-        linear_backward(m->d_atty, wg ? g->projw + oD * D : NULL, wg ? g->projb + oD : NULL, dp, atty,
-                        p->projw + oD * D, BT, D, D);
-        if ((k = AD(TSR_LORA_PROJ)) >= 0) tsr_ad_backward(ad, k, m->d_atty, D, dp, D, atty, D);
+        if (need_qkv || wg) {
+            memset(m->d_atty, 0, sizeof(real) * BTD);
+            linear_backward(need_qkv ? m->d_atty : NULL, wg ? g->projw + oD * D : NULL, wg ? g->projb + oD : NULL, dp,
+                            atty, p->projw + oD * D, BT, D, D);
+        }
+        if (k_proj >= 0) tsr_ad_backward(ad, k_proj, need_qkv ? m->d_atty : NULL, D, dp, D, atty, D);
+        if (!need_qkv) continue;
         memset(m->d_qkv, 0, sizeof(real) * BTD * 3);
         attention_backward(m->d_qkv, m->d_atty, qkv, att, B, T, D, H);
-        memset(m->d_ln, 0, sizeof(real) * BTD);
-        linear_backward(m->d_ln, wg ? g->qkvw + oD * 3 * D : NULL, wg ? g->qkvb + oD * 3 : NULL, m->d_qkv,
-                        ln1, p->qkvw + oD * 3 * D, BT, D, 3 * D);
-        for (int site = TSR_LORA_Q; site <= TSR_LORA_V; site++)
-            if ((k = AD(site)) >= 0) tsr_ad_backward(ad, k, m->d_ln, D, m->d_qkv + (size_t)site * D, 3 * D, ln1, D);
-        layernorm_backward(dxin, wg ? g->ln1w + oD : NULL, wg ? g->ln1b + oD : NULL, m->d_ln, x,
-                           p->ln1w + oD, ln1m, ln1r, BT, D);
+        if (need_dx || wg) {
+            memset(m->d_ln, 0, sizeof(real) * BTD);
+            linear_backward(need_dx ? m->d_ln : NULL, wg ? g->qkvw + oD * 3 * D : NULL, wg ? g->qkvb + oD * 3 : NULL,
+                            m->d_qkv, ln1, p->qkvw + oD * 3 * D, BT, D, 3 * D);
+        }
+        int kq[3] = {k_q, k_k, k_v};
+        for (int site = 0; site < 3; site++)
+            if (kq[site] >= 0)
+                tsr_ad_backward(ad, kq[site], need_dx ? m->d_ln : NULL, D, m->d_qkv + (size_t)site * D, 3 * D, ln1, D);
+        if (need_dx || wg)
+            layernorm_backward(need_dx ? dxin : NULL, wg ? g->ln1w + oD : NULL, wg ? g->ln1b + oD : NULL, m->d_ln, x,
+                               p->ln1w + oD, ln1m, ln1r, BT, D);
         if (m->d_resid_all) memcpy(m->d_resid_all + (size_t)l * BTD, dxin, sizeof(real) * BTD);
     }
 

@@ -288,22 +288,32 @@ int tsr_adapters_begin(tsr_adapters *ad, const int *task_ids, int B, int trainin
     ad->step = step;
     ad->dropout_seed = seed ^ 0xd50;
     ad->nseg = ad->ndt = 0;
+    int cnt[TSR_AD_MAX_BATCH];
     for (int b = 0; b < B; b++) {
         int t = task_ids ? task_ids[b] : 0;
         if (t < 0 || t >= nt) return tsr_error("adapters: task id %d of example %d is outside [0, %d)", t, b, nt);
-        if (b == 0 || t != (task_ids ? task_ids[b - 1] : 0)) {
-            int d = -1;
-            for (int j = 0; j < ad->ndt; j++)
-                if (ad->dt_task[j] == t) d = j;
-            if (d < 0) {
-                d = ad->ndt++;
-                ad->dt_task[d] = t;
-            }
-            ad->seg_start[ad->nseg] = b;
-            ad->seg_dt[ad->nseg++] = d;
+        int d = -1;
+        for (int j = 0; j < ad->ndt; j++)
+            if (ad->dt_task[j] == t) d = j;
+        if (d < 0) {
+            d = ad->ndt++;
+            ad->dt_task[d] = t;
+            cnt[d] = 0;
         }
+        cnt[d]++;
     }
+    /* one run per distinct task, in order of first appearance; examples keep their order within a task */
+    int pos = 0;
+    for (int d = 0; d < ad->ndt; d++) {
+        ad->seg_start[d] = pos;
+        ad->seg_dt[d] = d;
+        for (int b = 0; b < B; b++)
+            if ((task_ids ? task_ids[b] : 0) == ad->dt_task[d]) ad->perm[pos++] = b;
+    }
+    ad->nseg = ad->ndt;
     ad->seg_start[ad->nseg] = B;
+    ad->permuted = 0;
+    for (int i = 0; i < B; i++) ad->permuted |= ad->perm[i] != i;
     int ndt_cap = ad->cfg.n_tasks > 1 ? (ad->cfg.n_tasks < ad->max_batch ? ad->cfg.n_tasks : ad->max_batch) : 1;
     TSR_CHECK(ad->ndt <= ndt_cap, "adapters: %d distinct tasks exceed capacity %d", ad->ndt, ndt_cap);
     if (training && ad->cfg.noise) {

@@ -76,6 +76,9 @@ typedef struct tsr_adapters {
     /* this batch: runs of consecutive examples with one task, and the distinct tasks */
     int batch, nseg, ndt;
     int seg_start[TSR_AD_MAX_BATCH + 1], seg_dt[TSR_AD_MAX_BATCH], dt_task[TSR_AD_MAX_BATCH];
+    /* The model runs the batch grouped by task (one run per task, whatever the caller's order):
+     * internal example i is the caller's example perm[i]; permuted = 0 when that is the identity. */
+    int perm[TSR_AD_MAX_BATCH], permuted;
     int training;        /* routing noise and dropout on */
     real *noise;         /* per module (n_tasks, h*S) uniforms for this step (training with noise) */
     /* per module x distinct task: z, w (h*S each), A_t (din*r), B_t (r*dout), bd_t (r), bu_t (dout) */
@@ -115,7 +118,8 @@ void tsr_adapters_zero_grad(tsr_adapters *ad);
 int tsr_adapters_tensor_info(const tsr_adapters *ad, const real *p, int i, char *name, size_t len, int *ndim,
                              int64_t shape[4], real **data);
 /* Start a batch: task ids (B) in [0, n_tasks) (NULL: all task 0), training flag, step (dropout stream).
- * Builds the segments and every module's combined weights. noise (optional, training): per module
+ * Groups the examples by task (tsr_vit_forward then runs them in that order and returns logits and
+ * probabilities in the caller's order) and builds every task's combined weights. noise (optional, training): per module
  * (n_tasks, h*S) uniforms in (0,1), concatenated in module order for routed modules; NULL = draw them
  * from `seed` and the step. 0 / -1 (task id out of range). */
 int tsr_adapters_begin(tsr_adapters *ad, const int *task_ids, int B, int training, long step, uint64_t seed,

@@ -94,6 +94,9 @@ int tsr_vit_create(tsr_vit *m, const tsr_vit_config *c, int max_batch) {
     total = 0;
     for (size_t i = 0; i < sizeof sc / sizeof sc[0]; i++) total += (sc[i] + 15) & ~(size_t)15;
     m->scratch_mem = tsr_aligned_alloc(sizeof(real) * total);
+    m->perm_images = tsr_aligned_alloc(sizeof(real) * B * c->channels * c->image_size * c->image_size);
+    m->perm_labels = tsr_malloc(sizeof(int) * B);
+    m->perm_buf = tsr_aligned_alloc(sizeof(real) * B * K);
     p = m->scratch_mem;
     for (size_t i = 0; i < sizeof sc / sizeof sc[0]; i++) {
         *sp[i] = p;
@@ -108,6 +111,9 @@ void tsr_vit_destroy(tsr_vit *m) {
     free(m->acts_mem);
     free(m->scratch_mem);
     free(m->d_resid_all);
+    free(m->perm_images);
+    free(m->perm_labels);
+    free(m->perm_buf);
     memset(m, 0, sizeof *m);
 }
 
@@ -149,6 +155,17 @@ double tsr_vit_forward(tsr_vit *m, const real *images, const int *labels, int B)
     size_t BTD = (size_t)BT * D;
     m->batch = B;
     m->labels = labels;
+    /* adapters group the batch by task: run it in that order, answer in the caller's */
+    const int *perm = m->ad && m->ad->permuted && m->ad->batch == B ? m->ad->perm : NULL;
+    if (perm) {
+        size_t per = (size_t)c->channels * c->image_size * c->image_size;
+        for (int i = 0; i < B; i++) {
+            memcpy(m->perm_images + (size_t)i * per, images + (size_t)perm[i] * per, sizeof(real) * per);
+            if (labels) m->perm_labels[i] = labels[perm[i]];
+        }
+        images = m->perm_images;
+        if (labels) labels = m->perm_labels;
+    }
 
     /* embedding: patches -> linear -> [cls; patches] + pos */
     patchify_forward(a->patches, images, B, c->channels, c->image_size, c->patch_size);
@@ -200,7 +217,16 @@ double tsr_vit_forward(tsr_vit *m, const real *images, const int *labels, int B)
     for (int b = 0; b < B; b++) memcpy(a->cls_in + (size_t)b * D, xl + (size_t)b * T * D, sizeof(real) * D);
     layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->cls_in, p->lnfw, p->lnfb, B, D, c->ln_eps);
     linear_forward(a->logits, a->lnf, p->headw, p->headb, B, D, K);
-    return softmax_xent_forward(a->probs, a->logits, labels, B, K);
+    double loss = softmax_xent_forward(a->probs, a->logits, labels, B, K);
+    if (perm) {
+        real *outs[2] = {a->logits, a->probs};
+        for (int j = 0; j < 2; j++) {
+            memcpy(m->perm_buf, outs[j], sizeof(real) * (size_t)B * K);
+            for (int i = 0; i < B; i++)
+                memcpy(outs[j] + (size_t)perm[i] * K, m->perm_buf + (size_t)i * K, sizeof(real) * K);
+        }
+    }
+    return loss;
 }
 
 static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *dlogits_in);
@@ -234,6 +260,11 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
     memset(dlogits, 0, sizeof(real) * ((size_t)B * K + 2 * (size_t)B * D));
     if (dlogits_in) memcpy(dlogits, dlogits_in, sizeof(real) * (size_t)B * K);
     else softmax_xent_backward(dlogits, a->probs, m->labels, B, K, 1.0);
+    const int *perm = m->ad && m->ad->permuted && m->ad->batch == B ? m->ad->perm : NULL;
+    if (perm) { /* the caller's order -> the internal (task-grouped) order */
+        memcpy(m->perm_buf, dlogits, sizeof(real) * (size_t)B * K);
+        for (int i = 0; i < B; i++) memcpy(dlogits + (size_t)i * K, m->perm_buf + (size_t)perm[i] * K, sizeof(real) * K);
+    }
     linear_backward(need_below_head ? dlnf : NULL, tr->head ? g->headw : NULL, tr->head ? g->headb : NULL,
                     dlogits, a->lnf, p->headw, B, D, K);
     if (!need_below_head) return;

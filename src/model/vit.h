@@ -112,7 +112,11 @@ typedef struct {
     /* optional: d loss / d resid[l] for every l, (L+1, B, T, D); NULL unless tsr_vit_keep_resid_grads */
     real *d_resid_all;
     int has_labels;
-    const int *labels;
+    const int *labels;     /* the caller's, in the caller's order */
+    /* when attached adapters group the batch by task: the permuted images and labels, and a buffer */
+    real *perm_images;     /* (B, C, IMG, IMG) */
+    int *perm_labels;      /* (B) */
+    real *perm_buf;        /* (B, K) */
 } tsr_vit;
 
 #define tsr_vit_create TSR_R(tsr_vit_create)

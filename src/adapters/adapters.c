@@ -155,7 +155,8 @@ void tsr_adapters_init(tsr_adapters *ad, uint64_t seed) {
     memset(ad->params, 0, sizeof(real) * ad->num_params);
     for (int k = 0; k < ad->n_mod; k++) {
         tsr_rlp *m = &ad->mod[k];
-        double bound = m->has_bias ? 1.0 / sqrt((double)m->din) : 1.0 / sqrt(3.0 * m->din);
+        double bound = m->has_bias ? 1.0 / sqrt((double)m->din)
+                       : ad->cfg.lora_init_peft ? 1.0 / sqrt((double)m->din / m->h) : 1.0 / sqrt(3.0 * m->din);
         for (size_t i = 0; i < m->nA; i++) ad->params[m->oA + i] = (real)((2 * tsr_rng_uniform(&r) - 1) * bound);
         for (size_t i = 0; i < m->nZ; i++) ad->params[m->oZ + i] = (real)((2 * tsr_rng_uniform(&r) - 1) * 1e-3);
         if (m->has_ln)

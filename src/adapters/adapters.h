@@ -47,6 +47,8 @@ typedef struct {
     int noise;          /* relaxed Bernoulli routing during training */
     double tau;
     int layer_min, layer_max; /* blocks that get adapters: [layer_min, layer_max] (-1 = last block) */
+    int lora_init_peft; /* LoRA A init: 0 = uniform +-1/sqrt(3 din) (authors' code), 1 = peft's kaiming-uniform
+                         * a = sqrt(5) per head block: +-1/sqrt(din / h) */
 } tsr_adapter_config;
 
 typedef struct {
@@ -110,7 +112,7 @@ typedef struct tsr_adapters {
 int tsr_adapters_create(tsr_adapters *ad, const tsr_adapter_config *c, int depth, int dim, int mlp, int tokens,
                         int max_batch);
 void tsr_adapters_destroy(tsr_adapters *ad);
-/* Initialise: A uniform +-1/sqrt(3 din) (authors' code), B = 0, up.bias = down.bias = 0 (bottleneck
+/* Initialise: LoRA A uniform +-1/sqrt(3 din) (authors' code; cfg.lora_init_peft: +-1/sqrt(din/h)), B = 0, up.bias = down.bias = 0 (bottleneck
  * Down kaiming-uniform a=sqrt(5): +-1/sqrt(din)), Z uniform [-1e-3, 1e-3], LN (1, 0). */
 void tsr_adapters_init(tsr_adapters *ad, uint64_t seed);
 void tsr_adapters_zero_grad(tsr_adapters *ad);

@@ -70,6 +70,7 @@ static int adapter_config_from(const tsr_config *cfg, tsr_adapter_config *ac) {
         ac->lora_sites = mask;
         ac->lora_rank = (int)cfg->adapter.lora_rank;
         ac->lora_alpha = cfg->adapter.lora_alpha;
+        ac->lora_init_peft = strcmp(cfg->adapter.lora_init, "peft") == 0;
     } else {
         const char *p = cfg->adapter.placement;
         ac->bn_sites = strcmp(p, "parallel") == 0 ? 1 << TSR_BN_PARALLEL

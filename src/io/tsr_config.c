@@ -74,6 +74,8 @@ const cfg_field tsr_config_schema[] = {
     F("adapter.lora_rank", CFG_INT, adapter.lora_rank, 1, 4096, NULL, "4", "LoRA rank r"),
     F("adapter.lora_alpha", CFG_FLOAT, adapter.lora_alpha, 0, 1e6, NULL, "1.0",
       "LoRA scale = alpha / rank (alpha = 1 in the MHR code)"),
+    F("adapter.lora_init", CFG_ENUM, adapter.lora_init, 1, 0, "authors|peft", "\"authors\"",
+      "LoRA A initialisation: authors (uniform +-1/sqrt(3 d_in), the MHR code) | peft (kaiming-uniform a=sqrt(5) per head block)"),
     F("adapter.placement", CFG_ENUM, adapter.placement, 1, 0, "parallel|houlsby|pfeiffer", "\"parallel\"",
       "bottleneck placement: parallel (AdaptFormer) | houlsby (after attention and MLP) | pfeiffer (after MLP)"),
     F("adapter.bottleneck", CFG_INT, adapter.bottleneck, 1, 65536, NULL, "16", "bottleneck width"),

@@ -54,6 +54,7 @@ typedef struct {
         cfg_string_list lora_sites;  /* q, k, v, proj, fc1, fc2 */
         long lora_rank;
         double lora_alpha;           /* scale = alpha / rank */
+        char lora_init[CFG_STR_MAX]; /* "authors" | "peft" */
         char placement[CFG_STR_MAX]; /* "parallel" | "houlsby" | "pfeiffer" */
         long bottleneck;             /* bottleneck width */
         double scale;                /* bottleneck output scale s */

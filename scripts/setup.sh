@@ -12,7 +12,7 @@ PKGS=(
   # checkpoints (safetensors JSON header), configuration, tests
   libjansson-dev libyaml-dev libcmocka-dev
   # data: fonts, images, Fashion-MNIST
-  libfreetype-dev fontconfig fonts-noto-core libpng-dev libjpeg-dev dataset-fashion-mnist zlib1g-dev
+  libfreetype-dev fontconfig fonts-noto-core libpng-dev libjpeg-dev libstb-dev dataset-fashion-mnist zlib1g-dev
   # PyTorch parity oracle and analysis (Debian's python3, not pip)
   python3 python3-torch python3-numpy python3-netcdf4 python3-xarray python3-matplotlib python3-yaml
   # a real single-node Slurm for the end-to-end test

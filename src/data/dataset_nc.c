@@ -1,8 +1,8 @@
 /* dataset_nc.c: netCDF-4 image datasets (schema "tessera-dataset-1") and logits files.
  *
  * The schema is described by a small table of variable specifications (name, type, dimension names)
- * checked by one function, so that a later multi-task schema can add a `task` dimension by changing
- * the table and the readers' start/count vectors rather than the checking code. */
+ * checked by one function. The helpers declared in the "shared with suite.c" section of dataset_nc.h
+ * are also used by the multi-task schema "tessera-dataset-2" (suite.c). */
 #define _POSIX_C_SOURCE 200809L
 #include "dataset_nc.h"
 
@@ -42,8 +42,7 @@
 /* ------------------------------------------------------------------ error helpers */
 
 /* "<path>: <what>: <nc_strerror(st)>"; returns -1. */
-static int nc_err(const char *path, int st, const char *fmt, ...) TSR_PRINTF(3, 4);
-static int nc_err(const char *path, int st, const char *fmt, ...) {
+int tsr_nc_err(const char *path, int st, const char *fmt, ...) {
     char what[1024];
     va_list ap;
     va_start(ap, fmt);
@@ -57,12 +56,12 @@ static int nc_err(const char *path, int st, const char *fmt, ...) {
     do {                                                                                           \
         int nc_st_ = (call);                                                                       \
         if (nc_st_ != NC_NOERR) {                                                                  \
-            nc_err(path, nc_st_, __VA_ARGS__);                                                     \
+            tsr_nc_err(path, nc_st_, __VA_ARGS__);                                                     \
             goto fail;                                                                             \
         }                                                                                          \
     } while (0)
 
-static const char *type_name(nc_type t) {
+const char *tsr_nc_type_name(int t) {
     switch (t) {
     case NC_BYTE: return "NC_BYTE";
     case NC_CHAR: return "NC_CHAR";
@@ -80,7 +79,7 @@ static const char *type_name(nc_type t) {
     }
 }
 
-static const char *format_name(int fmt) {
+const char *tsr_nc_format_name(int fmt) {
     switch (fmt) {
     case NC_FORMAT_CLASSIC: return "netCDF classic";
     case NC_FORMAT_64BIT_OFFSET: return "netCDF 64-bit offset";
@@ -93,22 +92,15 @@ static const char *format_name(int fmt) {
 
 /* ------------------------------------------------------------------ schema description */
 
-#define SPEC_MAX_DIMS 4
-
-typedef struct {
-    const char *name;
-    nc_type type;
-    int ndims;
-    const char *dims[SPEC_MAX_DIMS]; /* dimension names; NULL = any name (string length dims) */
-    const char *any_dim_label;       /* how a NULL entry is shown in messages */
-} var_spec;
+#define SPEC_MAX_DIMS TSR_NC_SPEC_MAX_DIMS
+typedef tsr_nc_var_spec var_spec;
 
 static const var_spec SPEC_IMAGES = {"images", NC_UBYTE, 4, {"example", "y", "x", "channel"}, NULL};
 static const var_spec SPEC_LABELS = {"labels", NC_INT, 1, {"example"}, NULL};
 static const var_spec SPEC_SPLIT = {"split", NC_BYTE, 1, {"example"}, NULL};
 static const var_spec SPEC_CLASS_NAMES = {"class_names", NC_CHAR, 2, {"class", NULL}, "name_strlen"};
 
-static void spec_dims_text(const var_spec *s, char *buf, size_t n) {
+void tsr_nc_spec_dims_text(const var_spec *s, char *buf, size_t n) {
     size_t off = 0;
     off += (size_t)snprintf(buf + off, n - off, "(");
     for (int i = 0; i < s->ndims && off < n; i++)
@@ -119,31 +111,31 @@ static void spec_dims_text(const var_spec *s, char *buf, size_t n) {
 
 /* Look up variable s->name and check its type and dimension names. *varid = -1 when absent (which
  * is an error only if `required`). On success dimlen[i] holds the dimension lengths. */
-static int check_var(int ncid, const char *path, const var_spec *s, int required, int *varid,
-                     size_t *dimlen) {
+int tsr_nc_check_var(int ncid, const char *path, const tsr_nc_var_spec *s, const char *schema,
+                     int required, int *varid, size_t *dimlen) {
     *varid = -1;
     char want[256];
-    spec_dims_text(s, want, sizeof want);
+    tsr_nc_spec_dims_text(s, want, sizeof want);
     int vid, st = nc_inq_varid(ncid, s->name, &vid);
     if (st == NC_ENOTVAR) {
         if (!required) return 0;
         return tsr_error("%s: no variable '%s' (expected %s %s, as in schema %s)", path, s->name,
-                         type_name(s->type), want, TSR_NC_DATASET_SCHEMA);
+                         tsr_nc_type_name(s->type), want, schema);
     }
-    if (st != NC_NOERR) return nc_err(path, st, "looking up variable '%s'", s->name);
+    if (st != NC_NOERR) return tsr_nc_err(path, st, "looking up variable '%s'", s->name);
     nc_type t;
     int nd;
     int dimids[NC_MAX_VAR_DIMS];
     if ((st = nc_inq_var(ncid, vid, NULL, &t, &nd, dimids, NULL)) != NC_NOERR)
-        return nc_err(path, st, "inquiring variable '%s'", s->name);
+        return tsr_nc_err(path, st, "inquiring variable '%s'", s->name);
     char got[512];
-    size_t off = (size_t)snprintf(got, sizeof got, "%s (", type_name(t));
+    size_t off = (size_t)snprintf(got, sizeof got, "%s (", tsr_nc_type_name(t));
     int dims_ok = nd == s->ndims;
     for (int i = 0; i < nd; i++) {
         char dname[NC_MAX_NAME + 1];
         size_t len;
         if ((st = nc_inq_dim(ncid, dimids[i], dname, &len)) != NC_NOERR)
-            return nc_err(path, st, "inquiring dimension %d of variable '%s'", i, s->name);
+            return tsr_nc_err(path, st, "inquiring dimension %d of variable '%s'", i, s->name);
         if (off < sizeof got)
             off += (size_t)snprintf(got + off, sizeof got - off, "%s%s", i ? ", " : "", dname);
         if (i < s->ndims) {
@@ -154,13 +146,13 @@ static int check_var(int ncid, const char *path, const var_spec *s, int required
     if (off < sizeof got) snprintf(got + off, sizeof got - off, ")");
     if (t != s->type || !dims_ok)
         return tsr_error("%s: variable '%s': expected %s %s, got %s", path, s->name,
-                         type_name(s->type), want, got);
+                         tsr_nc_type_name(s->type), want, got);
     *varid = vid;
     return 0;
 }
 
 /* Read a text attribute (NC_CHAR, or NC_STRING with one value) into buf. *found = 0 if absent. */
-static int get_text_att(int ncid, int varid, const char *path, const char *name, char *buf,
+int tsr_nc_get_text_att(int ncid, int varid, const char *path, const char *name, char *buf,
                         size_t cap, int *found) {
     nc_type t;
     size_t len;
@@ -168,18 +160,18 @@ static int get_text_att(int ncid, int varid, const char *path, const char *name,
     buf[0] = 0;
     int st = nc_inq_att(ncid, varid, name, &t, &len);
     if (st == NC_ENOTATT) return 0;
-    if (st != NC_NOERR) return nc_err(path, st, "inquiring attribute '%s'", name);
+    if (st != NC_NOERR) return tsr_nc_err(path, st, "inquiring attribute '%s'", name);
     if (t == NC_CHAR) {
         if (len >= cap)
             return tsr_error("%s: attribute '%s' is %zu characters long, at most %zu allowed", path,
                              name, len, cap - 1);
         if (len > 0 && (st = nc_get_att_text(ncid, varid, name, buf)) != NC_NOERR)
-            return nc_err(path, st, "reading attribute '%s'", name);
+            return tsr_nc_err(path, st, "reading attribute '%s'", name);
         buf[len] = 0;
     } else if (t == NC_STRING && len == 1) {
         char *s = NULL;
         if ((st = nc_get_att_string(ncid, varid, name, &s)) != NC_NOERR)
-            return nc_err(path, st, "reading attribute '%s'", name);
+            return tsr_nc_err(path, st, "reading attribute '%s'", name);
         size_t sl = s ? strlen(s) : 0;
         if (sl >= cap) {
             nc_free_string(1, &s);
@@ -191,7 +183,7 @@ static int get_text_att(int ncid, int varid, const char *path, const char *name,
         nc_free_string(1, &s);
     } else {
         return tsr_error("%s: attribute '%s' has type %s with %zu values, expected text (NC_CHAR)",
-                         path, name, type_name(t), len);
+                         path, name, tsr_nc_type_name(t), len);
     }
     *found = 1;
     return 0;
@@ -199,7 +191,7 @@ static int get_text_att(int ncid, int varid, const char *path, const char *name,
 
 /* Check every value of the 1-D integer variable `varid` (n values) lies in [lo, hi], reading it in
  * blocks. `expected` describes the allowed values for the message. */
-static int check_values(int ncid, int varid, const char *path, const char *name, size_t n, int lo,
+int tsr_nc_check_values(int ncid, int varid, const char *path, const char *name, size_t n, int lo,
                         int hi, const char *expected) {
     size_t block = n < CHECK_BLOCK ? n : CHECK_BLOCK;
     int *buf = tsr_malloc((block ? block : 1) * sizeof *buf);
@@ -208,7 +200,7 @@ static int check_values(int ncid, int varid, const char *path, const char *name,
         int st = nc_get_vara_int(ncid, varid, &s, &k, buf);
         if (st != NC_NOERR) {
             free(buf);
-            return nc_err(path, st, "reading variable '%s' (examples %zu..%zu)", name, s, s + k - 1);
+            return tsr_nc_err(path, st, "reading variable '%s' (examples %zu..%zu)", name, s, s + k - 1);
         }
         for (size_t i = 0; i < k; i++) {
             if (buf[i] < lo || buf[i] > hi) {
@@ -225,7 +217,7 @@ static int check_values(int ncid, int varid, const char *path, const char *name,
 
 /* Give `images` an HDF5 chunk cache large enough for two chunks, so that consecutive small batches
  * from one chunk decompress it once. Failure here only costs speed, so it is not an error. */
-static void tune_chunk_cache(int ncid, int varid) {
+void tsr_nc_tune_chunk_cache(int ncid, int varid) {
     int storage;
     size_t chunks[NC_MAX_VAR_DIMS];
     if (nc_inq_var_chunking(ncid, varid, &storage, chunks) != NC_NOERR || storage != NC_CHUNKED)
@@ -240,17 +232,44 @@ static void tune_chunk_cache(int ncid, int varid) {
 
 /* ------------------------------------------------------------------ open / close */
 
-static int validate(tsr_nc_dataset *d, int ncid) {
-    const char *path = d->path;
-    int st, fmt, found;
-    if ((st = nc_inq_format(ncid, &fmt)) != NC_NOERR) return nc_err(path, st, "inquiring format");
+int tsr_nc_check_format(int ncid, const char *path) {
+    int st, fmt;
+    if ((st = nc_inq_format(ncid, &fmt)) != NC_NOERR) return tsr_nc_err(path, st, "inquiring format");
     if (fmt != NC_FORMAT_NETCDF4)
         return tsr_error("%s: is a %s file; tessera datasets must be netCDF-4 (HDF5-based, e.g. "
                          "format='NETCDF4' in netCDF4-python)",
-                         path, format_name(fmt));
+                         path, tsr_nc_format_name(fmt));
+    return 0;
+}
+
+int tsr_nc_check_image_size(const char *path, size_t y, size_t x, size_t c) {
+    if (y == 0 || x == 0 || c == 0 || y > INT_MAX || x > INT_MAX || c > INT_MAX ||
+        y * x > MAX_IMAGE_BYTES || y * x * c > MAX_IMAGE_BYTES)
+        return tsr_error("%s: variable 'images': image size y=%zu x=%zu channel=%zu is not "
+                         "supported (each must be >= 1 and y*x*channel <= %zu)",
+                         path, y, x, c, MAX_IMAGE_BYTES);
+    return 0;
+}
+
+int tsr_nc_open_read(const char *path, int *ncid) {
+    int st = nc_open(path, NC_NOWRITE, ncid);
+    if (st != NC_NOERR) {
+        const char *hint = "";
+        if (st == NC_ENOTNC) hint = " (not a netCDF file)";
+        if (st == NC_EHDFERR) hint = " (the HDF5 layer could not read it: truncated or corrupt?)";
+        *ncid = -1;
+        return tsr_error("%s: cannot open dataset: %s%s", path, nc_strerror(st), hint);
+    }
+    return 0;
+}
+
+static int validate(tsr_nc_dataset *d, int ncid) {
+    const char *path = d->path;
+    int st, found;
+    if (tsr_nc_check_format(ncid, path) != 0) return -1;
 
     char schema[256];
-    if (get_text_att(ncid, NC_GLOBAL, path, "tessera_schema", schema, sizeof schema, &found) != 0)
+    if (tsr_nc_get_text_att(ncid, NC_GLOBAL, path, "tessera_schema", schema, sizeof schema, &found) != 0)
         return -1;
     if (!found)
         return tsr_error("%s: no global attribute 'tessera_schema' (expected \"%s\"); is this a "
@@ -259,7 +278,7 @@ static int validate(tsr_nc_dataset *d, int ncid) {
     if (strcmp(schema, TSR_NC_DATASET_SCHEMA) != 0)
         return tsr_error("%s: global attribute 'tessera_schema' is \"%s\", expected \"%s\"", path,
                          schema, TSR_NC_DATASET_SCHEMA);
-    if (get_text_att(ncid, NC_GLOBAL, path, "task_name", d->task_name, sizeof d->task_name,
+    if (tsr_nc_get_text_att(ncid, NC_GLOBAL, path, "task_name", d->task_name, sizeof d->task_name,
                      &found) != 0)
         return -1;
     if (!found || !d->task_name[0])
@@ -268,13 +287,8 @@ static int validate(tsr_nc_dataset *d, int ncid) {
 
     int vid;
     size_t len[SPEC_MAX_DIMS] = {0};
-    if (check_var(ncid, path, &SPEC_IMAGES, 1, &vid, len) != 0) return -1;
-    if (len[1] == 0 || len[2] == 0 || len[3] == 0 || len[1] > INT_MAX || len[2] > INT_MAX ||
-        len[3] > INT_MAX || len[1] * len[2] > MAX_IMAGE_BYTES ||
-        len[1] * len[2] * len[3] > MAX_IMAGE_BYTES)
-        return tsr_error("%s: variable 'images': image size y=%zu x=%zu channel=%zu is not "
-                         "supported (each must be >= 1 and y*x*channel <= %zu)",
-                         path, len[1], len[2], len[3], MAX_IMAGE_BYTES);
+    if (tsr_nc_check_var(ncid, path, &SPEC_IMAGES, TSR_NC_DATASET_SCHEMA, 1, &vid, len) != 0) return -1;
+    if (tsr_nc_check_image_size(path, len[1], len[2], len[3]) != 0) return -1;
     if (len[0] > (size_t)INT64_MAX)
         return tsr_error("%s: dimension 'example' is too long (%zu)", path, len[0]);
     d->n_examples = (int64_t)len[0];
@@ -282,21 +296,21 @@ static int validate(tsr_nc_dataset *d, int ncid) {
     d->width = (int)len[2];
     d->channels = (int)len[3];
     size_t n = len[0];
-    tune_chunk_cache(ncid, vid);
+    tsr_nc_tune_chunk_cache(ncid, vid);
 
     int class_dim;
     st = nc_inq_dimid(ncid, "class", &class_dim);
     if (st == NC_NOERR) {
         size_t nc;
         if ((st = nc_inq_dimlen(ncid, class_dim, &nc)) != NC_NOERR)
-            return nc_err(path, st, "inquiring dimension 'class'");
+            return tsr_nc_err(path, st, "inquiring dimension 'class'");
         if (nc > INT_MAX) return tsr_error("%s: dimension 'class' is too long (%zu)", path, nc);
         d->n_classes = (int)nc;
     } else if (st != NC_EBADDIM) {
-        return nc_err(path, st, "looking up dimension 'class'");
+        return tsr_nc_err(path, st, "looking up dimension 'class'");
     }
 
-    if (check_var(ncid, path, &SPEC_LABELS, 0, &vid, NULL) != 0) return -1;
+    if (tsr_nc_check_var(ncid, path, &SPEC_LABELS, TSR_NC_DATASET_SCHEMA, 0, &vid, NULL) != 0) return -1;
     if (vid >= 0) {
         if (d->n_classes < 1)
             return tsr_error("%s: variable 'labels' is present but there is no 'class' dimension "
@@ -305,19 +319,19 @@ static int validate(tsr_nc_dataset *d, int ncid) {
         char expected[96];
         snprintf(expected, sizeof expected, "0 <= label < %d (the length of dimension 'class')",
                  d->n_classes);
-        if (check_values(ncid, vid, path, "labels", n, 0, d->n_classes - 1, expected) != 0)
+        if (tsr_nc_check_values(ncid, vid, path, "labels", n, 0, d->n_classes - 1, expected) != 0)
             return -1;
         d->has_labels = 1;
     }
 
-    if (check_var(ncid, path, &SPEC_SPLIT, 0, &vid, NULL) != 0) return -1;
+    if (tsr_nc_check_var(ncid, path, &SPEC_SPLIT, TSR_NC_DATASET_SCHEMA, 0, &vid, NULL) != 0) return -1;
     if (vid >= 0) {
-        if (check_values(ncid, vid, path, "split", n, 0, 2, "0 (train), 1 (val) or 2 (test)") != 0)
+        if (tsr_nc_check_values(ncid, vid, path, "split", n, 0, 2, "0 (train), 1 (val) or 2 (test)") != 0)
             return -1;
         d->has_split = 1;
     }
 
-    if (check_var(ncid, path, &SPEC_CLASS_NAMES, 0, &vid, NULL) != 0) return -1;
+    if (tsr_nc_check_var(ncid, path, &SPEC_CLASS_NAMES, TSR_NC_DATASET_SCHEMA, 0, &vid, NULL) != 0) return -1;
     return 0;
 }
 
@@ -328,13 +342,8 @@ int tsr_nc_dataset_open(tsr_nc_dataset *d, const char *path) {
     if (strlen(path) >= sizeof d->path)
         return tsr_error("%s: file name too long (at most %zu bytes)", path, sizeof d->path - 1);
     strcpy(d->path, path);
-    int ncid, st = nc_open(path, NC_NOWRITE, &ncid);
-    if (st != NC_NOERR) {
-        const char *hint = "";
-        if (st == NC_ENOTNC) hint = " (not a netCDF file)";
-        if (st == NC_EHDFERR) hint = " (the HDF5 layer could not read it: truncated or corrupt?)";
-        return tsr_error("%s: cannot open dataset: %s%s", path, nc_strerror(st), hint);
-    }
+    int ncid;
+    if (tsr_nc_open_read(path, &ncid) != 0) return -1;
     if (validate(d, ncid) != 0) {
         nc_close(ncid);
         char keep[sizeof d->path];
@@ -372,7 +381,7 @@ static int check_range(const tsr_nc_dataset *d, int64_t start, int64_t count, co
 static int var_id(const tsr_nc_dataset *d, const char *name, int *vid) {
     int st = nc_inq_varid(d->ncid, name, vid);
     if (st == NC_ENOTVAR) return tsr_error("%s: the dataset has no '%s' variable", d->path, name);
-    if (st != NC_NOERR) return nc_err(d->path, st, "looking up variable '%s'", name);
+    if (st != NC_NOERR) return tsr_nc_err(d->path, st, "looking up variable '%s'", name);
     return 0;
 }
 
@@ -385,7 +394,7 @@ int tsr_nc_dataset_read_raw(const tsr_nc_dataset *d, int64_t start, int64_t coun
     size_t cv[4] = {(size_t)count, (size_t)d->height, (size_t)d->width, (size_t)d->channels};
     int st = nc_get_vara_uchar(d->ncid, vid, sv, cv, out);
     if (st != NC_NOERR)
-        return nc_err(d->path, st, "reading variable 'images' (examples %lld..%lld)",
+        return tsr_nc_err(d->path, st, "reading variable 'images' (examples %lld..%lld)",
                       (long long)start, (long long)(start + count - 1));
     return 0;
 }
@@ -399,7 +408,7 @@ static int read_ints(const tsr_nc_dataset *d, const char *name, int64_t start, i
     int st = iout ? nc_get_vara_int(d->ncid, vid, &sv, &cv, iout)
                   : nc_get_vara_schar(d->ncid, vid, &sv, &cv, bout);
     if (st != NC_NOERR)
-        return nc_err(d->path, st, "reading variable '%s' (examples %lld..%lld)", name,
+        return tsr_nc_err(d->path, st, "reading variable '%s' (examples %lld..%lld)", name,
                       (long long)start, (long long)(start + count - 1));
     return 0;
 }
@@ -474,17 +483,17 @@ int tsr_nc_dataset_class_name(const tsr_nc_dataset *d, int k, char *buf, size_t 
         snprintf(buf, n, "%d", k);
         return 0;
     }
-    if (st != NC_NOERR) return nc_err(d->path, st, "looking up variable 'class_names'");
+    if (st != NC_NOERR) return tsr_nc_err(d->path, st, "looking up variable 'class_names'");
     int dimids[2];
     size_t slen;
     if ((st = nc_inq_vardimid(d->ncid, vid, dimids)) != NC_NOERR ||
         (st = nc_inq_dimlen(d->ncid, dimids[1], &slen)) != NC_NOERR)
-        return nc_err(d->path, st, "inquiring variable 'class_names'");
+        return tsr_nc_err(d->path, st, "inquiring variable 'class_names'");
     char *tmp = tsr_malloc(slen + 1);
     size_t sv[2] = {(size_t)k, 0}, cv[2] = {1, slen};
     if (slen > 0 && (st = nc_get_vara_text(d->ncid, vid, sv, cv, tmp)) != NC_NOERR) {
         free(tmp);
-        return nc_err(d->path, st, "reading variable 'class_names' (class %d)", k);
+        return tsr_nc_err(d->path, st, "reading variable 'class_names' (class %d)", k);
     }
     tmp[slen] = 0;
     size_t len = strlen(tmp); /* stops at the NUL padding */
@@ -498,14 +507,14 @@ int tsr_nc_dataset_class_name(const tsr_nc_dataset *d, int k, char *buf, size_t 
 
 /* ------------------------------------------------------------------ writing */
 
-static void iso_now(char *buf, size_t n) {
+void tsr_nc_iso_now(char *buf, size_t n) {
     time_t t = time(NULL);
     struct tm tm;
     if (!gmtime_r(&t, &tm) || strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
         snprintf(buf, n, "unknown");
 }
 
-static int tmp_path(const char *path, char *tmp, size_t n) {
+int tsr_nc_tmp_path(const char *path, char *tmp, size_t n) {
     if (!path || !path[0]) return tsr_error("write: no file name given");
     int w = snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
     if (w < 0 || (size_t)w >= n) return tsr_error("%s: file name too long", path);
@@ -514,7 +523,7 @@ static int tmp_path(const char *path, char *tmp, size_t n) {
 
 /* nc_create the temporary file. HDF5 reports a missing directory as "Permission denied", so a
  * failure also says what is wrong with the directory, if anything. */
-static int create_tmp(const char *tmp, const char *path, int *ncid) {
+int tsr_nc_create_tmp(const char *tmp, const char *path, int *ncid) {
     int st = nc_create(tmp, NC_NETCDF4 | NC_CLOBBER, ncid);
     if (st == NC_NOERR) return 0;
     char dir[4096];
@@ -534,19 +543,19 @@ static int create_tmp(const char *tmp, const char *path, int *ncid) {
     return tsr_error("%s: creating temporary file %s: %s%s", path, tmp, nc_strerror(st), hint);
 }
 
-static int put_text(int ncid, int varid, const char *path, const char *name, const char *val) {
+int tsr_nc_put_text(int ncid, int varid, const char *path, const char *name, const char *val) {
     int st = nc_put_att_text(ncid, varid, name, strlen(val), val);
-    if (st != NC_NOERR) return nc_err(path, st, "writing attribute '%s'", name);
+    if (st != NC_NOERR) return tsr_nc_err(path, st, "writing attribute '%s'", name);
     return 0;
 }
 
 /* Close the temporary file, flush it to disk and rename it over path. On error the temporary file
  * is removed. */
-static int finish_atomic(int ncid, const char *tmp, const char *path) {
+int tsr_nc_finish_atomic(int ncid, const char *tmp, const char *path) {
     int st = nc_close(ncid);
     if (st != NC_NOERR) {
         unlink(tmp);
-        return nc_err(path, st, "closing temporary file %s", tmp);
+        return tsr_nc_err(path, st, "closing temporary file %s", tmp);
     }
     int fd = open(tmp, O_RDONLY);
     if (fd < 0 || fsync(fd) != 0) {
@@ -565,27 +574,66 @@ static int finish_atomic(int ncid, const char *tmp, const char *path) {
 }
 
 /* Define a compressed 1-D NC_INT/NC_BYTE variable over `example`. */
-static int def_example_var(int ncid, const char *path, const char *name, nc_type t, int dim,
+int tsr_nc_def_example_var(int ncid, const char *path, const char *name, int t, int dim,
                            int64_t n, int *vid) {
     size_t chunk = n < 1 ? 1 : (n > CHUNK_1D ? CHUNK_1D : (size_t)n);
     int st;
     if ((st = nc_def_var(ncid, name, t, 1, &dim, vid)) != NC_NOERR)
-        return nc_err(path, st, "defining variable '%s'", name);
+        return tsr_nc_err(path, st, "defining variable '%s'", name);
     if ((st = nc_def_var_chunking(ncid, *vid, NC_CHUNKED, &chunk)) != NC_NOERR)
-        return nc_err(path, st, "setting chunking of variable '%s'", name);
+        return tsr_nc_err(path, st, "setting chunking of variable '%s'", name);
     if ((st = nc_def_var_deflate(ncid, *vid, 1, 1, DEFLATE_LEVEL)) != NC_NOERR)
-        return nc_err(path, st, "setting compression of variable '%s'", name);
+        return tsr_nc_err(path, st, "setting compression of variable '%s'", name);
     return 0;
 }
 
+size_t tsr_nc_image_chunk(size_t img_bytes, int64_t n) {
+    size_t per = CHUNK_MAX_BYTES / (img_bytes ? img_bytes : 1);
+    if (per < 1) per = 1;
+    if (per > CHUNK_MAX_EXAMPLES) per = CHUNK_MAX_EXAMPLES;
+    if (n >= 1 && (size_t)n < per) per = (size_t)n;
+    return per;
+}
+
+int tsr_nc_def_images(int ncid, const char *path, const int dims[4], int64_t n, int h, int w, int c,
+                      int *vid) {
+    size_t img = (size_t)h * (size_t)w * (size_t)c;
+    size_t chunks[4] = {tsr_nc_image_chunk(img, n), (size_t)h, (size_t)w, (size_t)c};
+    static const unsigned char vr[2] = {0, 255};
+    int st;
+    if ((st = nc_def_var(ncid, "images", NC_UBYTE, 4, dims, vid)) != NC_NOERR)
+        return tsr_nc_err(path, st, "defining variable 'images'");
+    if ((st = nc_def_var_chunking(ncid, *vid, NC_CHUNKED, chunks)) != NC_NOERR)
+        return tsr_nc_err(path, st, "setting chunking of variable 'images'");
+    if ((st = nc_def_var_deflate(ncid, *vid, 1, 1, DEFLATE_LEVEL)) != NC_NOERR)
+        return tsr_nc_err(path, st, "setting compression of variable 'images'");
+    /* Every pixel is written, and 255 is a valid pixel, so no fill value. */
+    if ((st = nc_def_var_fill(ncid, *vid, 1, NULL)) != NC_NOERR)
+        return tsr_nc_err(path, st, "setting fill mode of 'images'");
+    if (tsr_nc_put_text(ncid, *vid, path, "long_name", "image pixels") != 0) return -1;
+    if (tsr_nc_put_text(ncid, *vid, path, "units", "1") != 0) return -1;
+    if ((st = nc_put_att_uchar(ncid, *vid, "valid_range", NC_UBYTE, 2, vr)) != NC_NOERR)
+        return tsr_nc_err(path, st, "writing attribute 'valid_range' of 'images'");
+    return 0;
+}
+
+int tsr_nc_def_split(int ncid, const char *path, int dim, int64_t n, int *vid) {
+    static const signed char fv[3] = {0, 1, 2};
+    if (tsr_nc_def_example_var(ncid, path, "split", NC_BYTE, dim, n, vid) != 0) return -1;
+    if (tsr_nc_put_text(ncid, *vid, path, "long_name", "dataset split") != 0) return -1;
+    int st = nc_put_att_schar(ncid, *vid, "flag_values", NC_BYTE, 3, fv);
+    if (st != NC_NOERR) return tsr_nc_err(path, st, "writing attribute 'flag_values' of 'split'");
+    return tsr_nc_put_text(ncid, *vid, path, "flag_meanings", "train val test");
+}
+
 /* Define `labels` (example) with its attributes. */
-static int def_labels(int ncid, const char *path, int dim, int64_t n, int n_classes, int *vid) {
-    if (def_example_var(ncid, path, "labels", NC_INT, dim, n, vid) != 0) return -1;
+int tsr_nc_def_labels(int ncid, const char *path, int dim, int64_t n, int n_classes, int *vid) {
+    if (tsr_nc_def_example_var(ncid, path, "labels", NC_INT, dim, n, vid) != 0) return -1;
     int vr[2] = {0, n_classes - 1};
-    if (put_text(ncid, *vid, path, "long_name", "class label (index into class_names)") != 0)
+    if (tsr_nc_put_text(ncid, *vid, path, "long_name", "class label (index into class_names)") != 0)
         return -1;
     int st = nc_put_att_int(ncid, *vid, "valid_range", NC_INT, 2, vr);
-    if (st != NC_NOERR) return nc_err(path, st, "writing attribute 'valid_range' of 'labels'");
+    if (st != NC_NOERR) return tsr_nc_err(path, st, "writing attribute 'valid_range' of 'labels'");
     return 0;
 }
 
@@ -606,7 +654,7 @@ int tsr_nc_dataset_write(const char *path, int64_t n, int h, int w, int c, const
                          const int *labels, const int8_t *split, int n_classes,
                          const char *const *class_names, const tsr_nc_provenance *prov) {
     char tmp[4096];
-    if (tmp_path(path, tmp, sizeof tmp) != 0) return -1;
+    if (tsr_nc_tmp_path(path, tmp, sizeof tmp) != 0) return -1;
     /* Validate everything before creating any file. */
     if (n < 0 || h < 1 || w < 1 || c < 1)
         return tsr_error("%s: refusing to write: n=%lld h=%d w=%d c=%d (need n >= 0 and h, w, c "
@@ -647,13 +695,13 @@ int tsr_nc_dataset_write(const char *path, int64_t n, int h, int w, int c, const
                          sizeof(((tsr_nc_dataset *)0)->task_name) - 1);
 
     char date[64];
-    iso_now(date, sizeof date);
+    tsr_nc_iso_now(date, sizeof date);
     char *names_buf = NULL, *history = NULL;
     int ncid = -1, is_open = 0;
     int d_ex, d_y, d_x, d_c, d_class = -1, d_strlen = -1;
     int v_img, v_lab = -1, v_split = -1, v_names = -1;
 
-    if (create_tmp(tmp, path, &ncid) != 0) return -1;
+    if (tsr_nc_create_tmp(tmp, path, &ncid) != 0) return -1;
     is_open = 1;
     /* `example` is unlimited so that a streaming writer can append blocks of examples. */
     NC_TRY(nc_def_dim(ncid, "example", NC_UNLIMITED, &d_ex), "defining dimension 'example'");
@@ -665,58 +713,35 @@ int tsr_nc_dataset_write(const char *path, int64_t n, int h, int w, int c, const
 
     {
         int dims[4] = {d_ex, d_y, d_x, d_c};
-        size_t per = CHUNK_MAX_BYTES / img;
-        if (per < 1) per = 1;
-        if (per > CHUNK_MAX_EXAMPLES) per = CHUNK_MAX_EXAMPLES;
-        if (n >= 1 && (size_t)n < per) per = (size_t)n;
-        size_t chunks[4] = {per, (size_t)h, (size_t)w, (size_t)c};
-        static const unsigned char vr[2] = {0, 255};
-        NC_TRY(nc_def_var(ncid, "images", NC_UBYTE, 4, dims, &v_img), "defining variable 'images'");
-        NC_TRY(nc_def_var_chunking(ncid, v_img, NC_CHUNKED, chunks),
-               "setting chunking of variable 'images'");
-        NC_TRY(nc_def_var_deflate(ncid, v_img, 1, 1, DEFLATE_LEVEL),
-               "setting compression of variable 'images'");
-        /* Every pixel is written, and 255 is a valid pixel, so no fill value. */
-        NC_TRY(nc_def_var_fill(ncid, v_img, 1, NULL), "setting fill mode of 'images'");
-        if (put_text(ncid, v_img, path, "long_name", "image pixels") != 0) goto fail;
-        if (put_text(ncid, v_img, path, "units", "1") != 0) goto fail;
-        NC_TRY(nc_put_att_uchar(ncid, v_img, "valid_range", NC_UBYTE, 2, vr),
-               "writing attribute 'valid_range' of 'images'");
+        if (tsr_nc_def_images(ncid, path, dims, n, h, w, c, &v_img) != 0) goto fail;
     }
-    if (labels && def_labels(ncid, path, d_ex, n, n_classes, &v_lab) != 0) goto fail;
-    if (split) {
-        static const signed char fv[3] = {0, 1, 2};
-        if (def_example_var(ncid, path, "split", NC_BYTE, d_ex, n, &v_split) != 0) goto fail;
-        if (put_text(ncid, v_split, path, "long_name", "dataset split") != 0) goto fail;
-        NC_TRY(nc_put_att_schar(ncid, v_split, "flag_values", NC_BYTE, 3, fv),
-               "writing attribute 'flag_values' of 'split'");
-        if (put_text(ncid, v_split, path, "flag_meanings", "train val test") != 0) goto fail;
-    }
+    if (labels && tsr_nc_def_labels(ncid, path, d_ex, n, n_classes, &v_lab) != 0) goto fail;
+    if (split && tsr_nc_def_split(ncid, path, d_ex, n, &v_split) != 0) goto fail;
     if (class_names) {
         NC_TRY(nc_def_dim(ncid, "name_strlen", name_len, &d_strlen),
                "defining dimension 'name_strlen'");
         int dims[2] = {d_class, d_strlen};
         NC_TRY(nc_def_var(ncid, "class_names", NC_CHAR, 2, dims, &v_names),
                "defining variable 'class_names'");
-        if (put_text(ncid, v_names, path, "long_name", "class names") != 0) goto fail;
+        if (tsr_nc_put_text(ncid, v_names, path, "long_name", "class names") != 0) goto fail;
     }
 
-    if (put_text(ncid, NC_GLOBAL, path, "Conventions", "CF-1.8") != 0) goto fail;
-    if (put_text(ncid, NC_GLOBAL, path, "tessera_schema", TSR_NC_DATASET_SCHEMA) != 0)
+    if (tsr_nc_put_text(ncid, NC_GLOBAL, path, "Conventions", "CF-1.8") != 0) goto fail;
+    if (tsr_nc_put_text(ncid, NC_GLOBAL, path, "tessera_schema", TSR_NC_DATASET_SCHEMA) != 0)
         goto fail;
-    if (put_text(ncid, NC_GLOBAL, path, "task_name", prov->task_name) != 0) goto fail;
-    if (prov->title && put_text(ncid, NC_GLOBAL, path, "title", prov->title) != 0) goto fail;
-    if (prov->source && put_text(ncid, NC_GLOBAL, path, "source", prov->source) != 0)
+    if (tsr_nc_put_text(ncid, NC_GLOBAL, path, "task_name", prov->task_name) != 0) goto fail;
+    if (prov->title && tsr_nc_put_text(ncid, NC_GLOBAL, path, "title", prov->title) != 0) goto fail;
+    if (prov->source && tsr_nc_put_text(ncid, NC_GLOBAL, path, "source", prov->source) != 0)
         goto fail;
-    if (prov->license && put_text(ncid, NC_GLOBAL, path, "license", prov->license) != 0)
+    if (prov->license && tsr_nc_put_text(ncid, NC_GLOBAL, path, "license", prov->license) != 0)
         goto fail;
     if (prov->history) {
         size_t hl = strlen(date) + strlen(prov->history) + 3;
         history = tsr_malloc(hl);
         snprintf(history, hl, "%s: %s", date, prov->history);
-        if (put_text(ncid, NC_GLOBAL, path, "history", history) != 0) goto fail;
+        if (tsr_nc_put_text(ncid, NC_GLOBAL, path, "history", history) != 0) goto fail;
     }
-    if (put_text(ncid, NC_GLOBAL, path, "date_created", date) != 0) goto fail;
+    if (tsr_nc_put_text(ncid, NC_GLOBAL, path, "date_created", date) != 0) goto fail;
     NC_TRY(nc_enddef(ncid), "ending define mode");
 
     if (n > 0) {
@@ -737,7 +762,7 @@ int tsr_nc_dataset_write(const char *path, int64_t n, int h, int w, int c, const
     free(names_buf);
     free(history);
     is_open = 0;
-    return finish_atomic(ncid, tmp, path);
+    return tsr_nc_finish_atomic(ncid, tmp, path);
 
 fail:
     if (is_open) nc_close(ncid);
@@ -755,7 +780,7 @@ int tsr_nc_write_logits_ex(const char *path, int64_t n, int n_classes, const flo
                            const int *labels, int nattr, const char *const *attr_keys,
                            const char *const *attr_vals) {
     char tmp[4096];
-    if (tmp_path(path, tmp, sizeof tmp) != 0) return -1;
+    if (tsr_nc_tmp_path(path, tmp, sizeof tmp) != 0) return -1;
     if (n < 0 || n_classes < 1)
         return tsr_error("%s: refusing to write logits: n=%lld n_classes=%d (need n >= 0 and "
                          "n_classes >= 1)",
@@ -781,9 +806,9 @@ int tsr_nc_write_logits_ex(const char *path, int64_t n, int n_classes, const flo
     }
 
     char date[64];
-    iso_now(date, sizeof date);
+    tsr_nc_iso_now(date, sizeof date);
     int ncid = -1, is_open = 0, d_ex, d_class, v_log, v_lab = -1;
-    if (create_tmp(tmp, path, &ncid) != 0) return -1;
+    if (tsr_nc_create_tmp(tmp, path, &ncid) != 0) return -1;
     is_open = 1;
     NC_TRY(nc_def_dim(ncid, "example", NC_UNLIMITED, &d_ex), "defining dimension 'example'");
     NC_TRY(nc_def_dim(ncid, "class", (size_t)n_classes, &d_class), "defining dimension 'class'");
@@ -800,16 +825,16 @@ int tsr_nc_write_logits_ex(const char *path, int64_t n, int n_classes, const flo
                "setting chunking of variable 'logits'");
         NC_TRY(nc_def_var_deflate(ncid, v_log, 1, 1, DEFLATE_LEVEL),
                "setting compression of variable 'logits'");
-        if (put_text(ncid, v_log, path, "long_name", "unnormalised class scores (logits)") != 0)
+        if (tsr_nc_put_text(ncid, v_log, path, "long_name", "unnormalised class scores (logits)") != 0)
             goto fail;
-        if (put_text(ncid, v_log, path, "units", "1") != 0) goto fail;
+        if (tsr_nc_put_text(ncid, v_log, path, "units", "1") != 0) goto fail;
     }
-    if (labels && def_labels(ncid, path, d_ex, n, n_classes, &v_lab) != 0) goto fail;
-    if (put_text(ncid, NC_GLOBAL, path, "Conventions", "CF-1.8") != 0) goto fail;
-    if (put_text(ncid, NC_GLOBAL, path, "tessera_schema", TSR_NC_LOGITS_SCHEMA) != 0) goto fail;
-    if (put_text(ncid, NC_GLOBAL, path, "date_created", date) != 0) goto fail;
+    if (labels && tsr_nc_def_labels(ncid, path, d_ex, n, n_classes, &v_lab) != 0) goto fail;
+    if (tsr_nc_put_text(ncid, NC_GLOBAL, path, "Conventions", "CF-1.8") != 0) goto fail;
+    if (tsr_nc_put_text(ncid, NC_GLOBAL, path, "tessera_schema", TSR_NC_LOGITS_SCHEMA) != 0) goto fail;
+    if (tsr_nc_put_text(ncid, NC_GLOBAL, path, "date_created", date) != 0) goto fail;
     for (int i = 0; i < nattr; i++)
-        if (put_text(ncid, NC_GLOBAL, path, attr_keys[i], attr_vals[i]) != 0) goto fail;
+        if (tsr_nc_put_text(ncid, NC_GLOBAL, path, attr_keys[i], attr_vals[i]) != 0) goto fail;
     NC_TRY(nc_enddef(ncid), "ending define mode");
     if (n > 0) {
         size_t s2[2] = {0, 0}, c2[2] = {(size_t)n, (size_t)n_classes};
@@ -818,7 +843,7 @@ int tsr_nc_write_logits_ex(const char *path, int64_t n, int n_classes, const flo
         if (labels) NC_TRY(nc_put_vara_int(ncid, v_lab, &s1, &c1, labels), "writing 'labels'");
     }
     is_open = 0;
-    return finish_atomic(ncid, tmp, path);
+    return tsr_nc_finish_atomic(ncid, tmp, path);
 
 fail:
     if (is_open) nc_close(ncid);

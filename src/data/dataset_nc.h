@@ -82,4 +82,70 @@ int tsr_nc_write_logits_ex(const char *path, int64_t n, int n_classes, const flo
                            const int *labels, int nattr, const char *const *attr_keys,
                            const char *const *attr_vals);
 
+/* ------------------------------------------------------------------ shared with suite.c
+ * Internal helpers of the netCDF schemas, used by dataset_nc.c and suite.c (schema
+ * "tessera-dataset-2"). Not a public API. `type` arguments are nc_type values (an int in netcdf.h).
+ * All return 0 / -1 with tsr_error unless said otherwise. */
+
+#define TSR_NC_SPEC_MAX_DIMS 4
+/* A variable of a schema: name, type and dimension names (NULL = any name, shown as any_dim_label). */
+typedef struct {
+    const char *name;
+    int type;
+    int ndims;
+    const char *dims[TSR_NC_SPEC_MAX_DIMS];
+    const char *any_dim_label;
+} tsr_nc_var_spec;
+
+/* "<path>: <what>: <nc_strerror(st)>"; returns -1. */
+int tsr_nc_err(const char *path, int st, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+const char *tsr_nc_type_name(int type);
+const char *tsr_nc_format_name(int fmt);
+/* "(example, y, x, channel)" */
+void tsr_nc_spec_dims_text(const tsr_nc_var_spec *s, char *buf, size_t n);
+/* nc_open read-only; the message adds a hint for "not netCDF" and "truncated or corrupt". */
+int tsr_nc_open_read(const char *path, int *ncid);
+/* The file must be netCDF-4 (not classic, not the netCDF-4 classic model). */
+int tsr_nc_check_format(int ncid, const char *path);
+/* Look up variable s->name and check its type and dimension names; *varid = -1 when absent (an
+ * error only if `required`; the message names `schema`). dimlen (may be NULL) gets the lengths. */
+int tsr_nc_check_var(int ncid, const char *path, const tsr_nc_var_spec *s, const char *schema,
+                     int required, int *varid, size_t *dimlen);
+/* Text attribute (NC_CHAR, or one NC_STRING) into buf of cap bytes; *found = 0 when absent. */
+int tsr_nc_get_text_att(int ncid, int varid, const char *path, const char *name, char *buf,
+                        size_t cap, int *found);
+/* Every value of the 1-D integer variable (n values) in [lo, hi], read in blocks; the message
+ * names the variable, the first bad example and `expected`. */
+int tsr_nc_check_values(int ncid, int varid, const char *path, const char *name, size_t n, int lo,
+                        int hi, const char *expected);
+/* Image size limits (each >= 1, y*x*channel <= 2^30). */
+int tsr_nc_check_image_size(const char *path, size_t y, size_t x, size_t c);
+/* Give `images` a chunk cache for two chunks (best effort, no error). */
+void tsr_nc_tune_chunk_cache(int ncid, int varid);
+
+/* Writing. */
+void tsr_nc_iso_now(char *buf, size_t n);                         /* "2025-03-01T12:00:00Z" */
+int tsr_nc_tmp_path(const char *path, char *tmp, size_t n);       /* "<path>.tmp.<pid>" */
+int tsr_nc_create_tmp(const char *tmp, const char *path, int *ncid); /* nc_create netCDF-4 */
+/* nc_close, fsync and rename tmp over path; removes tmp on error. */
+int tsr_nc_finish_atomic(int ncid, const char *tmp, const char *path);
+int tsr_nc_put_text(int ncid, int varid, const char *path, const char *name, const char *val);
+/* Examples per chunk of `images`: min(256, n, 16 MiB / img_bytes), at least 1. */
+size_t tsr_nc_image_chunk(size_t img_bytes, int64_t n);
+/* Define `images` (dims = example, y, x, channel ids) chunked, deflate 4 + shuffle, no fill, with
+ * its CF attributes. */
+int tsr_nc_def_images(int ncid, const char *path, const int dims[4], int64_t n, int h, int w, int c,
+                      int *vid);
+/* Define a 1-D per-example variable (chunks of up to 65536, deflate 4 + shuffle). */
+int tsr_nc_def_example_var(int ncid, const char *path, const char *name, int type, int dim,
+                           int64_t n, int *vid);
+/* `labels` NC_INT (example) with long_name and valid_range [0, n_classes - 1]. */
+int tsr_nc_def_labels(int ncid, const char *path, int dim, int64_t n, int n_classes, int *vid);
+/* `split` NC_BYTE (example) with long_name, flag_values and flag_meanings. */
+int tsr_nc_def_split(int ncid, const char *path, int dim, int64_t n, int *vid);
+
 #endif

@@ -45,7 +45,7 @@ typedef enum {
 } cfg_type;
 
 #define CFG_STR_MAX 256
-#define CFG_LIST_MAX 64
+#define CFG_LIST_MAX 256
 #define CFG_LIST_STR_MAX 64 /* size of one cfg_string_list element, terminator included */
 
 typedef struct { int n; long v[CFG_LIST_MAX]; } cfg_int_list;

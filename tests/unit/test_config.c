@@ -501,7 +501,7 @@ static void test_wrong_type(void **state) {
 
     /* a scalar or a mapping where a list is expected, a nested list inside a list */
     p = write_tmp("badlist.yaml", "data:\n  mean: 0.5\n");
-    assert_err(tsr_config_load(&c, p, 0, NULL), p, ":2:", "key 'data.mean': expected a list of at most 64 numbers",
+    assert_err(tsr_config_load(&c, p, 0, NULL), p, ":2:", "key 'data.mean': expected a list of at most 256 numbers",
                "got '0.5'");
     p = write_tmp("badlist2.yaml", "data:\n  mean: {r: 0.5}\n");
     assert_err(tsr_config_load(&c, p, 0, NULL), "key 'data.mean'", "got a mapping");
@@ -562,7 +562,7 @@ static void test_enum_choices(void **state) {
 }
 
 static void test_list_too_long(void **state) {
-    char buf[2048];
+    char buf[16384];
     size_t k = (size_t)snprintf(buf, sizeof buf, "lists:\n  fl: [");
     for (int i = 0; i < CFG_LIST_MAX; i++) k += (size_t)snprintf(buf + k, sizeof buf - k, "%s%d.5", i ? ", " : "", i);
     snprintf(buf + k, sizeof buf - k, "]\n");
@@ -575,7 +575,8 @@ static void test_list_too_long(void **state) {
     snprintf(buf + k, sizeof buf - k, ", 1]\n");
     const char *p = write_tmp("list65.yaml", buf);
     char want[600];
-    snprintf(want, sizeof want, "%s:2: key 'lists.fl': expected a list of at most 64 numbers, got 65 elements", p);
+    snprintf(want, sizeof want, "%s:2: key 'lists.fl': expected a list of at most %d numbers, got %d elements", p,
+             CFG_LIST_MAX, CFG_LIST_MAX + 1);
     assert_err_exact(tload(&t, p, 0, NULL), want);
 }
 

@@ -27,6 +27,8 @@
 #include "core/common.h"
 #include "core/rng.h"
 #include "data/imageset.h"
+#include "data/loader.h"
+#include "data/suite.h"
 #include "dist/parallel.h"
 #include "io/adapter_io.h"
 #include "io/checkpoint.h"
@@ -180,6 +182,107 @@ static double evaluate(tsr_vit *m, tsr_adapters *ad, tsr_mosa *mo, const tsr_ima
     return mean / ts->ntasks;
 }
 
+/* Tasks from a multi-task suite (data.dataset: suite): the role's task names (or every task), a
+ * training loader (k shots, augmentation) and a test loader, both reading only those tasks. */
+typedef struct {
+    int ntasks;
+    int *idx;
+    tsr_loader train, test;
+} suite_tasks;
+
+static int suite_open(suite_tasks *st, const tsr_config *cfg, int K) {
+    memset(st, 0, sizeof *st);
+    tsr_suite s;
+    if (tsr_suite_open(&s, cfg->data.path) != 0) return -1;
+    const cfg_string_list *role = strcmp(cfg->data.role, "source") == 0    ? &cfg->suite.source
+                                  : strcmp(cfg->data.role, "train") == 0   ? &cfg->suite.train
+                                  : strcmp(cfg->data.role, "heldout") == 0 ? &cfg->suite.heldout
+                                                                           : NULL;
+    int rc = -1;
+    if (role && role->n == 0) {
+        tsr_error("data.role %s: the list suite.%s is empty", cfg->data.role, cfg->data.role);
+        goto out;
+    }
+    st->ntasks = role ? role->n : s.ntasks;
+    st->idx = tsr_malloc(sizeof(int) * (size_t)st->ntasks);
+    for (int t = 0; t < st->ntasks; t++) {
+        st->idx[t] = role ? tsr_suite_find_task(&s, role->v[t]) : t;
+        if (st->idx[t] < 0) {
+            tsr_error("suite.%s: task '%s' is not in %s", cfg->data.role, role->v[t], cfg->data.path);
+            goto out;
+        }
+        if (s.num_classes[st->idx[t]] > K) {
+            tsr_error("%s: task '%s' has %d classes but model.num_classes is %d", cfg->data.path,
+                      s.task_names[st->idx[t]], s.num_classes[st->idx[t]], K);
+            goto out;
+        }
+    }
+    if (s.C != cfg->model.channels) {
+        tsr_error("%s: images have %d channels, model.channels is %ld", cfg->data.path, s.C, cfg->model.channels);
+        goto out;
+    }
+    float mean[16], sd[16];
+    for (int c = 0; c < s.C && c < 16; c++) {
+        mean[c] = (float)cfg->data.mean.v[c];
+        sd[c] = (float)cfg->data.std.v[c];
+    }
+    tsr_loader_opts o = {(int)cfg->data.shots, (uint64_t)cfg->run.seed, 0, cfg->data.augment, cfg->data.flip,
+                         (int)cfg->model.image_size, mean, sd};
+    if (tsr_loader_open(&st->train, &s, st->idx, st->ntasks, &o) != 0) goto out;
+    o.shots = 0;
+    o.split = 2;
+    o.augment = 0;
+    if (tsr_loader_open(&st->test, &s, st->idx, st->ntasks, &o) != 0) goto out;
+    rc = 0;
+out:
+    tsr_suite_close(&s);
+    return rc;
+}
+
+static void suite_close(suite_tasks *st) {
+    if (st->train.t) tsr_loader_close(&st->train);
+    if (st->test.t) tsr_loader_close(&st->test);
+    free(st->idx);
+    memset(st, 0, sizeof *st);
+}
+
+static double suite_evaluate(tsr_vit *m, tsr_adapters *ad, tsr_mosa *mo, suite_tasks *st, int64_t limit,
+                             double *per_task) {
+    int B = m->max_batch, K = m->cfg.num_classes;
+    size_t per = (size_t)m->cfg.channels * m->cfg.image_size * m->cfg.image_size;
+    float *x = tsr_malloc(sizeof(float) * per * B);
+    int *lab = tsr_malloc(sizeof(int) * B), *tid = tsr_malloc(sizeof(int) * B);
+    double mean = 0;
+    if (mo) tsr_mosa_swap_merged(mo, 1);
+    for (int t = 0; t < st->ntasks; t++) {
+        int64_t n = tsr_loader_count(&st->test, t), correct = 0;
+        if (limit > 0 && n > limit) n = limit;
+        for (int64_t s0 = 0; s0 < n; s0 += B) {
+            int b = (int)(n - s0 < B ? n - s0 : B);
+            for (int i = 0; i < b; i++) {
+                if (tsr_loader_get(&st->test, t, s0 + i, x + (size_t)i * per, &lab[i]) != 0) tsr_fatal("%s", tsr_last_error());
+                tid[i] = t;
+            }
+            if (ad && tsr_adapters_begin(ad, tid, b, 0, 0, 0, NULL) != 0) tsr_fatal("%s", tsr_last_error());
+            tsr_vit_forward(m, x, lab, b);
+            for (int i = 0; i < b; i++) {
+                const float *z = m->acts.logits + (size_t)i * K;
+                int best = 0;
+                for (int k = 1; k < K; k++)
+                    if (z[k] > z[best]) best = k;
+                correct += best == lab[i];
+            }
+        }
+        per_task[t] = n ? (double)correct / (double)n : 0;
+        mean += per_task[t];
+    }
+    if (mo) tsr_mosa_swap_merged(mo, 0);
+    free(x);
+    free(lab);
+    free(tid);
+    return mean / st->ntasks;
+}
+
 int tsr_cmd_adapt(int argc, char **argv) {
     const char *cfg_path;
     int nset;
@@ -206,6 +309,9 @@ int tsr_cmd_adapt(int argc, char **argv) {
     memset(&opt_mb, 0, sizeof opt_mb);
     task_set ts;
     memset(&ts, 0, sizeof ts);
+    suite_tasks st;
+    memset(&st, 0, sizeof st);
+    int use_suite = 0;
     FILE *curve = NULL;
     char curve_tmp[1100] = "", curve_path[1100] = "", path[1100];
     double *per_task = NULL;
@@ -213,15 +319,30 @@ int tsr_cmd_adapt(int argc, char **argv) {
     int *yb = NULL, *tb = NULL;
 
     if (!(cfg_text = tsr_run_setup(&cfg, "adapt", cfg_path, nset, sets))) goto out;
-    if (tsr_imageset_load(&cfg, &train, &test) != 0) {
-        tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
-        goto out;
+    int K = (int)cfg.model.num_classes, B = (int)cfg.train.batch_size, ntasks;
+    use_suite = strcmp(cfg.data.dataset, "suite") == 0;
+    if (use_suite) {
+        if (suite_open(&st, &cfg, K) != 0) {
+            tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
+            goto out;
+        }
+        ntasks = st.ntasks;
+        int64_t ntr = 0, nte = 0;
+        for (int t = 0; t < ntasks; t++) ntr += tsr_loader_count(&st.train, t), nte += tsr_loader_count(&st.test, t);
+        tsr_info("data: %s: %d tasks (role %s: %s%s), %lld training examples (%ld shots), %lld test", cfg.data.path,
+                 ntasks, cfg.data.role, st.train.t[0].name, ntasks > 1 ? ", ..." : "", (long long)ntr, cfg.data.shots,
+                 (long long)nte);
+    } else {
+        if (tsr_imageset_load(&cfg, &train, &test) != 0) {
+            tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
+            goto out;
+        }
+        tasks_build(&ts, &cfg, &train, K);
+        ntasks = ts.ntasks;
+        tsr_info("data: %s: %d tasks (numbers %ld..%ld, label permutations), %lld training examples per task, %lld test",
+                 cfg.data.path, ts.ntasks, cfg.data.task_offset, cfg.data.task_offset + ts.ntasks - 1,
+                 (long long)ts.nidx[0], (long long)test.n);
     }
-    int K = (int)cfg.model.num_classes, B = (int)cfg.train.batch_size;
-    tasks_build(&ts, &cfg, &train, K);
-    tsr_info("data: %s: %d tasks (numbers %ld..%ld, label permutations), %lld training examples per task, %lld test",
-             cfg.data.path, ts.ntasks, cfg.data.task_offset, cfg.data.task_offset + ts.ntasks - 1,
-             (long long)ts.nidx[0], (long long)test.n);
 
     tsr_vit_config vc = {(int)cfg.model.image_size, (int)cfg.model.patch_size, (int)cfg.model.channels,
                          (int)cfg.model.dim, (int)cfg.model.depth, (int)cfg.model.heads,
@@ -268,14 +389,14 @@ int tsr_cmd_adapt(int argc, char **argv) {
             }
             const char *v = cfg.adapter.fewshot;
             tsr_adapter_config nc = ac;
-            nc.n_tasks = (int)cfg.data.tasks;
+            nc.n_tasks = ntasks;
             if (strcmp(v, "mu") == 0) {
                 nc.skills = 1;
                 nc.noise = 0;
             }
-            if (strcmp(v, "none") == 0 && ac.skills > 1 && ac.n_tasks != (int)cfg.data.tasks) {
-                tsr_log(TSR_LOG_ERROR, "adapter.init: %s routes %d tasks but data.tasks is %ld (HINT: adapter.fewshot "
-                        "finetune or z gives the new tasks fresh routing rows)", cfg.adapter.init, ac.n_tasks, cfg.data.tasks);
+            if (strcmp(v, "none") == 0 && ac.skills > 1 && ac.n_tasks != ntasks) {
+                tsr_log(TSR_LOG_ERROR, "adapter.init: %s routes %d tasks but this run has %d (HINT: adapter.fewshot "
+                        "finetune or z gives the new tasks fresh routing rows)", cfg.adapter.init, ac.n_tasks, ntasks);
                 goto out;
             }
             if (tsr_adapters_create(&ad, &nc, vc.depth, vc.dim, vc.mlp_dim, m.tokens, B) != 0) {
@@ -294,8 +415,12 @@ int tsr_cmd_adapt(int argc, char **argv) {
             }
             tsr_info("adapters: from %s (fewshot %s): the file's adapter configuration is used", cfg.adapter.init, v);
         } else {
-            if (adapter_config_from(&cfg, &ac) != 0 ||
-                tsr_adapters_create(&ad, &ac, vc.depth, vc.dim, vc.mlp_dim, m.tokens, B) != 0) {
+            if (adapter_config_from(&cfg, &ac) == 0) ac.n_tasks = ntasks;
+            else {
+                tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
+                goto out;
+            }
+            if (tsr_adapters_create(&ad, &ac, vc.depth, vc.dim, vc.mlp_dim, m.tokens, B) != 0) {
                 tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
                 goto out;
             }
@@ -363,7 +488,7 @@ int tsr_cmd_adapt(int argc, char **argv) {
     xb = tsr_malloc(sizeof(float) * per * B);
     yb = tsr_malloc(sizeof(int) * B);
     tb = tsr_malloc(sizeof(int) * B);
-    per_task = tsr_calloc((size_t)ts.ntasks, sizeof(double));
+    per_task = tsr_calloc((size_t)ntasks, sizeof(double));
     tsr_rng rng;
     tsr_rng_seed(&rng, (uint64_t)cfg.run.seed ^ 0xada9);
     long steps = cfg.train.steps;
@@ -371,18 +496,23 @@ int tsr_cmd_adapt(int argc, char **argv) {
     int n_win = 0;
     for (long step = 0; step < steps; step++) {
         /* a batch sorted by task: counts per task, then examples in task order */
-        int *cnt = tsr_calloc((size_t)ts.ntasks, sizeof(int));
-        for (int b = 0; b < B; b++) cnt[tsr_rng_u64(&rng) % (uint64_t)ts.ntasks]++;
+        int *cnt = tsr_calloc((size_t)ntasks, sizeof(int));
+        for (int b = 0; b < B; b++) cnt[tsr_rng_u64(&rng) % (uint64_t)ntasks]++;
         int b = 0;
-        for (int t = 0; t < ts.ntasks; t++)
+        for (int t = 0; t < ntasks; t++)
             for (int j = 0; j < cnt[t]; j++, b++) {
+                tb[b] = t;
+                if (use_suite) continue;
                 if (ts.cursor[t] >= ts.nidx[t]) ts.cursor[t] = 0;
                 int64_t e = ts.idx[t][ts.cursor[t]++];
                 memcpy(xb + (size_t)b * per, train.x + (size_t)e * per, sizeof(float) * per);
                 yb[b] = ts.perm[(size_t)t * K + train.y[e]];
-                tb[b] = t;
             }
         free(cnt);
+        if (use_suite && tsr_loader_batch(&st.train, tb, B, xb, yb, (uint64_t)step) != 0) {
+            tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
+            goto out;
+        }
         double lrf = tsr_lr_schedule(step, steps, cfg.train.warmup_steps, 1.0, 0.0);
         tsr_vit_zero_grad(&m);
         if (use_ad) tsr_adapters_zero_grad(&ad);
@@ -417,12 +547,14 @@ int tsr_cmd_adapt(int argc, char **argv) {
             double now = tsr_time(), ips = n_win * B / (now - t_win), acc = NAN;
             double eta = (steps - step - 1) * (now - t_start) / (step + 1);
             last_loss = loss_win / n_win;
-            if (do_eval) acc = evaluate(&m, use_ad ? &ad : NULL, mop, &test, &ts,
-                                        last ? (cfg.train.eval_limit > 0 ? cfg.train.eval_limit : test.n) : 1000, per_task);
+            int64_t lim = last ? (cfg.train.eval_limit > 0 ? cfg.train.eval_limit : 0) : 1000;
+            if (do_eval)
+                acc = use_suite ? suite_evaluate(&m, use_ad ? &ad : NULL, mop, &st, lim, per_task)
+                                : evaluate(&m, use_ad ? &ad : NULL, mop, &test, &ts, lim > 0 ? lim : test.n, per_task);
             tsr_info("step %6ld/%ld  loss %.4f  lr x%.3f  |g| %.3f  %7.1f img/s  ETA %4.0f s", step + 1, steps,
                      last_loss, lrf, gn, ips, eta);
             if (do_eval)
-                tsr_info("eval  %6ld  mean test accuracy over %d tasks %.4f (%s)", step + 1, ts.ntasks, acc,
+                tsr_info("eval  %6ld  mean test accuracy over %d tasks %.4f (%s)", step + 1, ntasks, acc,
                          last && cfg.train.eval_limit == 0 ? "full test set" : "first test images");
             fprintf(curve, "%ld,%.6f,%.6f,%.6f,%.6f,%.2f\n", step + 1, lrf, last_loss, gn, acc, ips);
             loss_win = 0;
@@ -469,6 +601,7 @@ out:
     tsr_imageset_free(&train);
     tsr_imageset_free(&test);
     if (ts.perm) tasks_free(&ts);
+    suite_close(&st);
     if (opt_m.m) tsr_adamw_free(&opt_m);
     if (opt_ad.m) tsr_adamw_free(&opt_ad);
     if (opt_mb.m) tsr_adamw_free(&opt_mb);

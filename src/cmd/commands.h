@@ -5,6 +5,7 @@ int tsr_cmd_version(int argc, char **argv);
 int tsr_cmd_predict(int argc, char **argv);
 int tsr_cmd_train(int argc, char **argv);
 int tsr_cmd_adapt(int argc, char **argv);
+int tsr_cmd_prepare(int argc, char **argv);
 /* Print the start-up banner (rank 0): version, BLAS and kernel, MPI, ranks x threads; warn when the BLAS
  * runs a generic kernel on AVX-512 hardware. Calls tsr_blas_init and tsr_dist_set_threads. 0 / -1. */
 int tsr_runtime_setup(int threads);
@@ -13,6 +14,8 @@ void tsr_version_string(char *buf, int len);
 #include "io/tsr_config.h"
 /* Create a directory and its parents. 0 / -1 (tsr_error). */
 int tsr_mkdirs(const char *path);
+/* Create the directory a file will be written to. */
+int tsr_mkdirs_for(const char *file);
 /* Parse "CONFIG [--set key=value ...]" (argv[0] is the command). 0 ok, 1 help printed, 2 usage error
  * (logged). *sets is malloc'ed in every case. */
 int tsr_parse_config_cmdline(const char *cmd, const char *help, int argc, char **argv, const char **cfg_path,

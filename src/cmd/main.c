@@ -15,6 +15,7 @@ static void usage(FILE *f) {
             "  adapt CONFIG [--set key=value ...]   parameter-efficient training (LoRA, adapters, Poly, MHR, MoSA, ...)\n"
             "  predict --checkpoint FILE --input FILE --output FILE [options]\n"
             "                                       logits of a backbone checkpoint (timm or Hugging Face naming)\n"
+            "  prepare fashion-mnist|glyphs|folder  build a dataset (netCDF suite) from Debian packages or image folders\n"
             "  version                              git commit, compiler, BLAS and MPI library\n"
             "\n"
             "Run 'tessera <command> --help' for a command's options.\n");
@@ -32,6 +33,7 @@ int main(int argc, char **argv) {
     else if (strcmp(cmd, "predict") == 0) fn = tsr_cmd_predict;
     else if (strcmp(cmd, "train") == 0) fn = tsr_cmd_train;
     else if (strcmp(cmd, "adapt") == 0) fn = tsr_cmd_adapt;
+    else if (strcmp(cmd, "prepare") == 0) fn = tsr_cmd_prepare;
     if (!fn) {
         fprintf(stderr, "tessera: unknown command '%s'\n\n", cmd);
         usage(stderr);

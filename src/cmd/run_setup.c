@@ -24,6 +24,15 @@ int tsr_mkdirs(const char *path) {
     return 0;
 }
 
+int tsr_mkdirs_for(const char *file) {
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s", file);
+    char *slash = strrchr(dir, '/');
+    if (!slash || slash == dir) return 0;
+    *slash = 0;
+    return tsr_mkdirs(dir);
+}
+
 int tsr_parse_config_cmdline(const char *cmd, const char *help, int argc, char **argv, const char **cfg_path,
                              int *nset, char ***sets) {
     *cfg_path = NULL;

@@ -33,8 +33,8 @@ const cfg_field tsr_config_schema[] = {
     F("model.naming", CFG_ENUM, model.naming, 1, 0, "timm|hf", "\"timm\"",
       "tensor naming used when writing checkpoints: timm | hf"),
     /* data */
-    F("data.dataset", CFG_ENUM, data.dataset, 1, 0, "fashion-mnist|netcdf", "\"fashion-mnist\"",
-      "dataset format: fashion-mnist (idx files) | netcdf"),
+    F("data.dataset", CFG_ENUM, data.dataset, 1, 0, "fashion-mnist|netcdf|suite", "\"fashion-mnist\"",
+      "dataset format: fashion-mnist (idx files) | netcdf (one task) | suite (a multi-task netCDF suite: tasks by data.role)"),
     F("data.path", CFG_STRING, data.path, 1, 0, NULL, "\"/usr/share/datasets/fashion-mnist\"",
       "dataset location: the directory of the idx files, or the netCDF file"),
     F("data.mean", CFG_FLOAT_LIST, data.mean, -1e6, 1e6, NULL, "[0.2860]",
@@ -47,6 +47,15 @@ const cfg_field tsr_config_schema[] = {
       "number of the first task (held-out tasks use numbers that pre-training did not)"),
     F("data.shots", CFG_INT, data.shots, 0, 1000000, NULL, "0",
       "training examples per class and task, drawn with run.seed (0 = all)"),
+    F("data.role", CFG_ENUM, data.role, 1, 0, "all|source|train|heldout", "\"all\"",
+      "suite tasks used: all | source | train | heldout (the lists in suite.*)"),
+    F("data.augment", CFG_BOOL, data.augment, 1, 0, NULL, "false", "random crop (padding 2) of training images"),
+    F("data.flip", CFG_BOOL, data.flip, 1, 0, NULL, "false", "with data.augment: random horizontal flips"),
+    /* suite roles */
+    F("suite.source", CFG_STRING_LIST, suite.source, 1, 0, NULL, "[]", "suite tasks that pre-train the backbone"),
+    F("suite.train", CFG_STRING_LIST, suite.train, 1, 0, NULL, "[]", "suite tasks for multi-task adapter training"),
+    F("suite.heldout", CFG_STRING_LIST, suite.heldout, 1, 0, NULL, "[]",
+      "held-out few-shot suite tasks, never seen by either pre-training stage"),
     /* train */
     F("train.steps", CFG_INT, train.steps, 0, 1e9, NULL, "200", "optimiser steps"),
     F("train.batch_size", CFG_INT, train.batch_size, 1, 1e6, NULL, "64",

@@ -33,7 +33,15 @@ typedef struct {
         long tasks;                /* label-permutation tasks over the dataset (tessera adapt) */
         long task_offset;          /* number of the first task (held-out tasks use other numbers) */
         long shots;                /* training examples per class and task (0 = all) */
+        char role[CFG_STR_MAX];    /* suite tasks used: "all" | "source" | "train" | "heldout" */
+        bool augment;              /* random crop (pad 2) during training */
+        bool flip;                 /* with augment: random horizontal flip */
     } data;
+    struct {
+        cfg_string_list source;    /* task names that pre-train the backbone */
+        cfg_string_list train;     /* multi-task adapter training tasks */
+        cfg_string_list heldout;   /* few-shot tasks, never seen by either pre-training stage */
+    } suite;
     struct {
         long steps;          /* optimiser steps */
         long batch_size;     /* global batch size (all ranks together) */

@@ -148,7 +148,7 @@ static void tasks_free(task_set *ts) {
 
 /* Accuracy per task on the first `limit` test images (labels permuted per task). */
 static double evaluate(tsr_vit *m, tsr_adapters *ad, tsr_mosa *mo, const tsr_imageset *test, const task_set *ts,
-                       int64_t limit, double *per_task) {
+                       const int *eval_mine, int64_t limit, double *per_task) {
     int B = m->max_batch, K = m->cfg.num_classes;
     int64_t n = test->n < limit ? test->n : limit;
     size_t per = (size_t)test->C * test->S * test->S;
@@ -157,6 +157,8 @@ static double evaluate(tsr_vit *m, tsr_adapters *ad, tsr_mosa *mo, const tsr_ima
     if (mo) tsr_mosa_swap_merged(mo, 1);
     for (int t = 0; t < ts->ntasks; t++) {
         int64_t correct = 0;
+        per_task[t] = 0;
+        if (!eval_mine[t]) continue;
         for (int64_t s = 0; s < n; s += B) {
             int b = (int)(n - s < B ? n - s : B);
             for (int i = 0; i < b; i++) {
@@ -174,23 +176,296 @@ static double evaluate(tsr_vit *m, tsr_adapters *ad, tsr_mosa *mo, const tsr_ima
             }
         }
         per_task[t] = (double)correct / (double)n;
-        mean += per_task[t];
     }
+    tsr_dist_allreduce_sum_f64(per_task, (size_t)ts->ntasks);
+    for (int t = 0; t < ts->ntasks; t++) mean += per_task[t];
     if (mo) tsr_mosa_swap_merged(mo, 0);
     free(lab);
     free(tid);
     return mean / ts->ntasks;
 }
 
+/* The global batch of a step, the same on every rank and for any number of ranks: slot j draws a task
+ * and an example of it from (seed, step, j) alone (with replacement). Slot j is computed by one of the
+ * task's owner ranks (j modulo the number of owners), so every rank count sees the same batch. */
+static uint64_t mix3(uint64_t a, uint64_t b, uint64_t c) {
+    uint64_t x = a ^ (b * 0x9E3779B97F4A7C15ull) ^ (c * 0xC2B2AE3D27D4EB4Full);
+    return tsr_splitmix64(&x);
+}
+
+typedef struct {
+    int ntasks, nranks;
+    int64_t *count;  /* (ntasks) training examples of each task (global) */
+    int *owner0, *nowner; /* task t is computed by ranks owner0[t] + k * stride (k < nowner[t]) */
+    int stride;
+} sampler;
+
+/* Ownership: with at least as many tasks as ranks, tasks are dealt to ranks balancing the examples
+ * (largest first, to the least loaded rank); with fewer tasks than ranks, task t is shared by the
+ * ranks r with r % ntasks == t. */
+static void sampler_owners(sampler *sp, int ntasks, int nranks, const int64_t *weight, int *owner_of_task) {
+    sp->ntasks = ntasks;
+    sp->nranks = nranks;
+    sp->owner0 = tsr_calloc((size_t)ntasks, sizeof(int));
+    sp->nowner = tsr_calloc((size_t)ntasks, sizeof(int));
+    if (ntasks >= nranks) {
+        int64_t *load = tsr_calloc((size_t)nranks, sizeof(int64_t));
+        int *order = tsr_malloc(sizeof(int) * (size_t)ntasks);
+        for (int t = 0; t < ntasks; t++) order[t] = t;
+        for (int i = 1; i < ntasks; i++) /* insertion sort by weight, descending, stable */
+            for (int j = i; j > 0 && weight[order[j]] > weight[order[j - 1]]; j--) {
+                int x = order[j];
+                order[j] = order[j - 1];
+                order[j - 1] = x;
+            }
+        for (int i = 0; i < ntasks; i++) {
+            int best = 0;
+            for (int r = 1; r < nranks; r++)
+                if (load[r] < load[best]) best = r;
+            sp->owner0[order[i]] = best;
+            sp->nowner[order[i]] = 1;
+            load[best] += weight[order[i]];
+        }
+        free(load);
+        free(order);
+        sp->stride = 1;
+    } else {
+        for (int t = 0; t < ntasks; t++) {
+            sp->owner0[t] = t;
+            sp->nowner[t] = (nranks - t + ntasks - 1) / ntasks;
+        }
+        sp->stride = ntasks;
+    }
+    for (int t = 0; t < ntasks; t++) owner_of_task[t] = sp->owner0[t];
+}
+
+static int owns(const sampler *sp, int t, int rank) {
+    for (int k = 0; k < sp->nowner[t]; k++)
+        if (sp->owner0[t] + k * sp->stride == rank) return 1;
+    return 0;
+}
+
+/* This rank's slots of step `step`: tasks, examples (index within the task) and global slot numbers. */
+static int sampler_local(const sampler *sp, uint64_t seed, long step, int G, int rank, int *task, int64_t *ex, int *slot) {
+    int n = 0;
+    for (int j = 0; j < G; j++) {
+        int t = (int)(mix3(seed, (uint64_t)step, 2 * (uint64_t)j) % (uint64_t)sp->ntasks);
+        int who = sp->owner0[t] + (j % sp->nowner[t]) * sp->stride;
+        if (who != rank) continue;
+        task[n] = t;
+        ex[n] = (int64_t)(mix3(seed, (uint64_t)step, 2 * (uint64_t)j + 1) % (uint64_t)sp->count[t]);
+        slot[n++] = j;
+    }
+    return n;
+}
+
+/* Random crop (reflection padding 2) and optional horizontal flip of one (C, S, S) image, from (seed,
+ * step, slot): the same on every rank. */
+static void augment_one(float *x, int C, int S, uint64_t seed, long step, int slot, int flip, float *tmp) {
+    uint64_t h = mix3(seed ^ 0xa06e, (uint64_t)step, (uint64_t)slot);
+    int dy = (int)(h % 5) - 2, dx = (int)((h >> 8) % 5) - 2, fl = flip && ((h >> 16) & 1);
+    for (int c = 0; c < C; c++) {
+        float *img = x + (size_t)c * S * S;
+        memcpy(tmp, img, sizeof(float) * (size_t)S * S);
+        for (int yy = 0; yy < S; yy++)
+            for (int xx = 0; xx < S; xx++) {
+                int sy = yy + dy, sx = (fl ? S - 1 - xx : xx) + dx;
+                if (sy < 0) sy = -sy;
+                if (sy >= S) sy = 2 * S - 2 - sy;
+                if (sx < 0) sx = -sx;
+                if (sx >= S) sx = 2 * S - 2 - sx;
+                img[yy * S + xx] = tmp[sy * S + sx];
+            }
+    }
+}
+
+/* ---------------------------------------------------------------- checkpoints
+ * OUTPUT/checkpoints/step-NNNNNNNN/{state.safetensors, DONE}: parameters (model, adapters, MoSA bias
+ * copies), AdamW moments and step counts, the step, the first loss. Everything else a step needs is a
+ * pure function of (seed, step) (the sampler, augmentation, routing noise, dropout, MoSA draws), so a
+ * resumed run continues bit for bit. Written by rank 0 into step-N.tmp, fsynced, DONE added, then
+ * renamed; --resume takes the newest directory that has DONE. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include "io/safetensors.h"
+
+static void fsync_path(const char *p) {
+    int fd = open(p, O_RDONLY);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
+static int rm_tree_ckpt(const char *dir) {
+    char p[1400];
+    const char *files[] = {"state.safetensors", "DONE"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        unlink(p);
+    }
+    return rmdir(dir);
+}
+
+static long latest_ckpt(const char *root, long below) {
+    DIR *d = opendir(root);
+    if (!d) return 0;
+    long best = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long n;
+        char tail[8];
+        if (sscanf(e->d_name, "step-%ld%7s", &n, tail) != 1) continue;
+        char done[1400];
+        snprintf(done, sizeof done, "%s/%s/DONE", root, e->d_name);
+        if (access(done, F_OK) == 0 && n > best && n < below) best = n;
+    }
+    closedir(d);
+    return best;
+}
+
+static int ckpt_save(const char *out, long step, int keep, const tsr_vit *m, const tsr_adapters *ad, const tsr_mosa *mo,
+                     const tsr_adamw *om, const tsr_adamw *oa, const tsr_adamw *ob, double first_loss, const char *cfg_text) {
+    int rc = 0;
+    if (tsr_world.rank == 0) {
+        char root[1100], dir[1300], tmpd[1320], p[1400];
+        snprintf(root, sizeof root, "%s/checkpoints", out);
+        if (tsr_mkdirs(root) != 0) return -1;
+        snprintf(dir, sizeof dir, "%s/step-%08ld", root, step);
+        snprintf(tmpd, sizeof tmpd, "%s.tmp", dir);
+        rm_tree_ckpt(tmpd);
+        if (tsr_mkdirs(tmpd) != 0) return -1;
+        tsr_st_writer *w = tsr_st_writer_new();
+        int64_t sh[1];
+#define ADD(name, ptr, n) do { sh[0] = (int64_t)(n); tsr_st_writer_add(w, name, TSR_DT_F32, 1, sh, ptr); } while (0)
+        ADD("model", m->params_mem, m->num_params);
+        ADD("opt.model.m", om->m, om->n);
+        ADD("opt.model.v", om->v, om->n);
+        if (ad) {
+            ADD("adapters", ad->params, ad->num_params);
+            ADD("opt.adapters.m", oa->m, oa->n);
+            ADD("opt.adapters.v", oa->v, oa->n);
+        }
+        if (mo && ob) {
+            ADD("mosa.bias", mo->bias_params, mo->nbias);
+            ADD("opt.mosa.m", ob->m, ob->n);
+            ADD("opt.mosa.v", ob->v, ob->n);
+        }
+#undef ADD
+        char v1[32], v2[32], v3[32], v4[32], v5[40];
+        snprintf(v1, sizeof v1, "%ld", step);
+        snprintf(v2, sizeof v2, "%ld", om->t);
+        snprintf(v3, sizeof v3, "%ld", oa ? oa->t : 0L);
+        snprintf(v4, sizeof v4, "%ld", ob ? ob->t : 0L);
+        snprintf(v5, sizeof v5, "%.17g", first_loss);
+        tsr_st_writer_meta(w, "step", v1);
+        tsr_st_writer_meta(w, "opt.model.t", v2);
+        tsr_st_writer_meta(w, "opt.adapters.t", v3);
+        tsr_st_writer_meta(w, "opt.mosa.t", v4);
+        tsr_st_writer_meta(w, "first_loss", v5);
+        tsr_st_writer_meta(w, "config", cfg_text);
+        snprintf(p, sizeof p, "%s/state.safetensors", tmpd);
+        rc = tsr_st_writer_write(w, p);
+        tsr_st_writer_free(w);
+        if (rc == 0) {
+            snprintf(p, sizeof p, "%s/DONE", tmpd);
+            rc = tsr_write_file_atomic(p, v1, strlen(v1));
+        }
+        if (rc == 0) {
+            fsync_path(tmpd);
+            rm_tree_ckpt(dir);
+            if (rename(tmpd, dir) != 0) rc = tsr_error("%s: cannot rename to %s (%s)", tmpd, dir, strerror(errno));
+            fsync_path(root);
+        }
+        /* keep the newest `keep` complete checkpoints */
+        for (long below = step + 1, kept = 0; rc == 0;) {
+            long n = latest_ckpt(root, below);
+            if (n <= 0) break;
+            if (++kept > keep) {
+                snprintf(dir, sizeof dir, "%s/step-%08ld", root, n);
+                rm_tree_ckpt(dir);
+            }
+            below = n;
+        }
+        if (rc == 0) tsr_info("checkpoint: %s/step-%08ld", root, step);
+    }
+    return tsr_dist_agree_fail(rc != 0) ? -1 : 0;
+}
+
+static int read_vec(const tsr_st_file *f, const char *name, float *dst, size_t n) {
+    const tsr_st_tensor *t = tsr_st_find(f, name);
+    if (!t) return tsr_error("%s: tensor '%s' missing", f->path, name);
+    if (t->numel != (int64_t)n)
+        return tsr_error("%s: tensor '%s' has %lld values, this run has %zu (a checkpoint of another configuration?)",
+                         f->path, name, (long long)t->numel, n);
+    return tsr_st_read_f32(f, t, dst, (int64_t)n);
+}
+
+/* Returns the step of the newest complete checkpoint (0: none), or -1. */
+static long ckpt_load_latest(const char *out, tsr_vit *m, tsr_adapters *ad, tsr_mosa *mo, tsr_adamw *om, tsr_adamw *oa,
+                             tsr_adamw *ob, double *first_loss) {
+    char root[1100], p[1400];
+    snprintf(root, sizeof root, "%s/checkpoints", out);
+    long step = latest_ckpt(root, 1L << 62);
+    if (step == 0) return 0;
+    snprintf(p, sizeof p, "%s/step-%08ld/state.safetensors", root, step);
+    tsr_st_file f;
+    if (tsr_st_open(&f, p) != 0) return -1;
+    int bad = read_vec(&f, "model", m->params_mem, m->num_params) || read_vec(&f, "opt.model.m", om->m, om->n) ||
+              read_vec(&f, "opt.model.v", om->v, om->n);
+    if (!bad && ad)
+        bad = read_vec(&f, "adapters", ad->params, ad->num_params) || read_vec(&f, "opt.adapters.m", oa->m, oa->n) ||
+              read_vec(&f, "opt.adapters.v", oa->v, oa->n);
+    if (!bad && mo && ob)
+        bad = read_vec(&f, "mosa.bias", mo->bias_params, mo->nbias) || read_vec(&f, "opt.mosa.m", ob->m, ob->n) ||
+              read_vec(&f, "opt.mosa.v", ob->v, ob->n);
+    if (!bad) {
+        const char *t1 = tsr_st_meta(&f, "opt.model.t"), *t2 = tsr_st_meta(&f, "opt.adapters.t"),
+                   *t3 = tsr_st_meta(&f, "opt.mosa.t"), *fl = tsr_st_meta(&f, "first_loss");
+        if (!t1 || !t2 || !t3 || !fl) bad = tsr_error("%s: metadata (opt.*.t, first_loss) missing", p) != 0;
+        else {
+            om->t = atol(t1);
+            if (oa) oa->t = atol(t2);
+            if (ob) ob->t = atol(t3);
+            *first_loss = atof(fl);
+        }
+    }
+    tsr_st_close(&f);
+    return bad ? -1 : step;
+}
+
+/* Keep the curve's header and rows up to `step` (a resumed run rewrites what follows). */
+static void curve_keep_until(const char *path, long step) {
+    char *text;
+    size_t n;
+    if (tsr_read_file(path, &text, &n) != 0) return;
+    size_t keep = 0;
+    for (size_t i = 0; i < n;) {
+        size_t j = i;
+        while (j < n && text[j] != '\n') j++;
+        long s = atol(text + i);
+        if (i > 0 && s > step) break;
+        i = j + 1;
+        keep = i < n ? i : n;
+    }
+    tsr_write_file_atomic(path, text, keep);
+    free(text);
+}
+
 /* Tasks from a multi-task suite (data.dataset: suite): the role's task names (or every task), a
  * training loader (k shots, augmentation) and a test loader, both reading only those tasks. */
 typedef struct {
     int ntasks;
-    int *idx;
+    int *idx;          /* suite task index of each run task */
+    int64_t *weight;   /* examples of each task in the file (ownership balance) */
+    int *local;        /* run task -> index in the loaders, -1 when this rank does not own it */
     tsr_loader train, test;
+    int loaded;
 } suite_tasks;
 
-static int suite_open(suite_tasks *st, const tsr_config *cfg, int K) {
+/* Which tasks: the role's list (or every task); checked against the file and the model. */
+static int suite_select(suite_tasks *st, const tsr_config *cfg, int K) {
     memset(st, 0, sizeof *st);
     tsr_suite s;
     if (tsr_suite_open(&s, cfg->data.path) != 0) return -1;
@@ -205,12 +480,15 @@ static int suite_open(suite_tasks *st, const tsr_config *cfg, int K) {
     }
     st->ntasks = role ? role->n : s.ntasks;
     st->idx = tsr_malloc(sizeof(int) * (size_t)st->ntasks);
+    st->weight = tsr_malloc(sizeof(int64_t) * (size_t)st->ntasks);
+    st->local = tsr_malloc(sizeof(int) * (size_t)st->ntasks);
     for (int t = 0; t < st->ntasks; t++) {
         st->idx[t] = role ? tsr_suite_find_task(&s, role->v[t]) : t;
         if (st->idx[t] < 0) {
             tsr_error("suite.%s: task '%s' is not in %s", cfg->data.role, role->v[t], cfg->data.path);
             goto out;
         }
+        st->weight[t] = s.count[st->idx[t]];
         if (s.num_classes[st->idx[t]] > K) {
             tsr_error("%s: task '%s' has %d classes but model.num_classes is %d", cfg->data.path,
                       s.task_names[st->idx[t]], s.num_classes[st->idx[t]], K);
@@ -221,20 +499,37 @@ static int suite_open(suite_tasks *st, const tsr_config *cfg, int K) {
         tsr_error("%s: images have %d channels, model.channels is %ld", cfg->data.path, s.C, cfg->model.channels);
         goto out;
     }
+    rc = 0;
+out:
+    tsr_suite_close(&s);
+    return rc;
+}
+
+/* Read only the tasks this rank owns (mine[t] != 0): their training examples (k shots) and test split. */
+static int suite_load(suite_tasks *st, const tsr_config *cfg, const int *mine) {
+    tsr_suite s;
+    if (tsr_suite_open(&s, cfg->data.path) != 0) return -1;
+    int *sel = tsr_malloc(sizeof(int) * (size_t)st->ntasks), n = 0, rc = -1;
+    for (int t = 0; t < st->ntasks; t++) {
+        st->local[t] = mine[t] ? n : -1;
+        if (mine[t]) sel[n++] = st->idx[t];
+    }
     float mean[16], sd[16];
     for (int c = 0; c < s.C && c < 16; c++) {
         mean[c] = (float)cfg->data.mean.v[c];
         sd[c] = (float)cfg->data.std.v[c];
     }
-    tsr_loader_opts o = {(int)cfg->data.shots, (uint64_t)cfg->run.seed, 0, cfg->data.augment, cfg->data.flip,
-                         (int)cfg->model.image_size, mean, sd};
-    if (tsr_loader_open(&st->train, &s, st->idx, st->ntasks, &o) != 0) goto out;
-    o.shots = 0;
-    o.split = 2;
-    o.augment = 0;
-    if (tsr_loader_open(&st->test, &s, st->idx, st->ntasks, &o) != 0) goto out;
+    tsr_loader_opts o = {(int)cfg->data.shots, (uint64_t)cfg->run.seed, 0, 0, 0, (int)cfg->model.image_size, mean, sd};
+    if (n > 0) {
+        if (tsr_loader_open(&st->train, &s, sel, n, &o) != 0) goto out;
+        o.shots = 0;
+        o.split = 2;
+        if (tsr_loader_open(&st->test, &s, sel, n, &o) != 0) goto out;
+        st->loaded = 1;
+    }
     rc = 0;
 out:
+    free(sel);
     tsr_suite_close(&s);
     return rc;
 }
@@ -243,11 +538,13 @@ static void suite_close(suite_tasks *st) {
     if (st->train.t) tsr_loader_close(&st->train);
     if (st->test.t) tsr_loader_close(&st->test);
     free(st->idx);
+    free(st->weight);
+    free(st->local);
     memset(st, 0, sizeof *st);
 }
 
-static double suite_evaluate(tsr_vit *m, tsr_adapters *ad, tsr_mosa *mo, suite_tasks *st, int64_t limit,
-                             double *per_task) {
+static double suite_evaluate(tsr_vit *m, tsr_adapters *ad, tsr_mosa *mo, suite_tasks *st, const int *eval_mine,
+                             int64_t limit, double *per_task) {
     int B = m->max_batch, K = m->cfg.num_classes;
     size_t per = (size_t)m->cfg.channels * m->cfg.image_size * m->cfg.image_size;
     float *x = tsr_malloc(sizeof(float) * per * B);
@@ -255,12 +552,15 @@ static double suite_evaluate(tsr_vit *m, tsr_adapters *ad, tsr_mosa *mo, suite_t
     double mean = 0;
     if (mo) tsr_mosa_swap_merged(mo, 1);
     for (int t = 0; t < st->ntasks; t++) {
-        int64_t n = tsr_loader_count(&st->test, t), correct = 0;
+        per_task[t] = 0;
+        if (!eval_mine[t]) continue;
+        int lt = st->local[t];
+        int64_t n = tsr_loader_count(&st->test, lt), correct = 0;
         if (limit > 0 && n > limit) n = limit;
         for (int64_t s0 = 0; s0 < n; s0 += B) {
             int b = (int)(n - s0 < B ? n - s0 : B);
             for (int i = 0; i < b; i++) {
-                if (tsr_loader_get(&st->test, t, s0 + i, x + (size_t)i * per, &lab[i]) != 0) tsr_fatal("%s", tsr_last_error());
+                if (tsr_loader_get(&st->test, lt, s0 + i, x + (size_t)i * per, &lab[i]) != 0) tsr_fatal("%s", tsr_last_error());
                 tid[i] = t;
             }
             if (ad && tsr_adapters_begin(ad, tid, b, 0, 0, 0, NULL) != 0) tsr_fatal("%s", tsr_last_error());
@@ -274,8 +574,9 @@ static double suite_evaluate(tsr_vit *m, tsr_adapters *ad, tsr_mosa *mo, suite_t
             }
         }
         per_task[t] = n ? (double)correct / (double)n : 0;
-        mean += per_task[t];
     }
+    tsr_dist_allreduce_sum_f64(per_task, (size_t)st->ntasks);
+    for (int t = 0; t < st->ntasks; t++) mean += per_task[t];
     if (mo) tsr_mosa_swap_merged(mo, 0);
     free(x);
     free(lab);
@@ -287,9 +588,19 @@ int tsr_cmd_adapt(int argc, char **argv) {
     const char *cfg_path;
     int nset;
     char **sets;
-    int pr = tsr_parse_config_cmdline("adapt", "parameter-efficient training on label-permutation tasks; see configs/methods/ and docs/ADAPTERS.md", argc, argv, &cfg_path, &nset, &sets);
+    /* --resume: continue from the newest complete checkpoint in run.output_dir/checkpoints */
+    int resume = 0, na = 0;
+    char **args = tsr_calloc((size_t)argc + 1, sizeof(char *));
+    for (int i = 0; i < argc; i++) {
+        if (i > 0 && strcmp(argv[i], "--resume") == 0) resume = 1;
+        else args[na++] = argv[i];
+    }
+    argc = na;
+    argv = args;
+    int pr = tsr_parse_config_cmdline(argv[0], "parameter-efficient training on label-permutation tasks; see configs/methods/ and docs/ADAPTERS.md", argc, argv, &cfg_path, &nset, &sets);
     if (pr != 0) {
         free(sets);
+        free(args);
         return pr == 1 ? 0 : 2;
     }
     int rc = 1;
@@ -311,27 +622,25 @@ int tsr_cmd_adapt(int argc, char **argv) {
     memset(&ts, 0, sizeof ts);
     suite_tasks st;
     memset(&st, 0, sizeof st);
-    int use_suite = 0;
+    int use_suite = 0, *mine = NULL, *eval_mine = NULL;
+    sampler sp;
+    memset(&sp, 0, sizeof sp);
     FILE *curve = NULL;
     char curve_tmp[1100] = "", curve_path[1100] = "", path[1100];
     double *per_task = NULL;
-    float *xb = NULL;
+    float *xb = NULL, *sync = NULL;
     int *yb = NULL, *tb = NULL;
 
-    if (!(cfg_text = tsr_run_setup(&cfg, "adapt", cfg_path, nset, sets))) goto out;
+    if (!(cfg_text = tsr_run_setup(&cfg, argv[0], cfg_path, nset, sets))) goto out;
     int K = (int)cfg.model.num_classes, B = (int)cfg.train.batch_size, ntasks;
     use_suite = strcmp(cfg.data.dataset, "suite") == 0;
+    int R = tsr_world.size, me = tsr_world.rank;
     if (use_suite) {
-        if (suite_open(&st, &cfg, K) != 0) {
+        if (suite_select(&st, &cfg, K) != 0) {
             tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
             goto out;
         }
         ntasks = st.ntasks;
-        int64_t ntr = 0, nte = 0;
-        for (int t = 0; t < ntasks; t++) ntr += tsr_loader_count(&st.train, t), nte += tsr_loader_count(&st.test, t);
-        tsr_info("data: %s: %d tasks (role %s: %s%s), %lld training examples (%ld shots), %lld test", cfg.data.path,
-                 ntasks, cfg.data.role, st.train.t[0].name, ntasks > 1 ? ", ..." : "", (long long)ntr, cfg.data.shots,
-                 (long long)nte);
     } else {
         if (tsr_imageset_load(&cfg, &train, &test) != 0) {
             tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
@@ -339,11 +648,47 @@ int tsr_cmd_adapt(int argc, char **argv) {
         }
         tasks_build(&ts, &cfg, &train, K);
         ntasks = ts.ntasks;
-        tsr_info("data: %s: %d tasks (numbers %ld..%ld, label permutations), %lld training examples per task, %lld test",
-                 cfg.data.path, ts.ntasks, cfg.data.task_offset, cfg.data.task_offset + ts.ntasks - 1,
-                 (long long)ts.nidx[0], (long long)test.n);
     }
-
+    /* ownership of tasks by ranks, and the global example counts of the sampler */
+    int *owner = tsr_malloc(sizeof(int) * (size_t)ntasks);
+    mine = tsr_calloc((size_t)ntasks, sizeof(int));
+    eval_mine = tsr_calloc((size_t)ntasks, sizeof(int));
+    {
+        int64_t *w = tsr_malloc(sizeof(int64_t) * (size_t)ntasks);
+        for (int t = 0; t < ntasks; t++) w[t] = use_suite ? st.weight[t] : ts.nidx[t];
+        sampler_owners(&sp, ntasks, R, w, owner);
+        free(w);
+    }
+    for (int t = 0; t < ntasks; t++) {
+        mine[t] = owns(&sp, t, me);
+        eval_mine[t] = owner[t] == me;
+    }
+    free(owner);
+    sp.count = tsr_calloc((size_t)ntasks, sizeof(int64_t));
+    if (use_suite) {
+        if (suite_load(&st, &cfg, mine) != 0) {
+            tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
+            goto out;
+        }
+        for (int t = 0; t < ntasks; t++)
+            if (eval_mine[t]) sp.count[t] = tsr_loader_count(&st.train, st.local[t]);
+    } else {
+        for (int t = 0; t < ntasks; t++)
+            if (eval_mine[t]) sp.count[t] = ts.nidx[t];
+    }
+    tsr_dist_allreduce_sum_i64(sp.count, (size_t)ntasks);
+    {
+        int64_t ntr = 0, nmine = 0;
+        for (int t = 0; t < ntasks; t++) ntr += sp.count[t], nmine += mine[t];
+        tsr_info("data: %s: %d tasks (%s), %lld training examples (%s), %d ranks (rank 0 owns %lld tasks)",
+                 cfg.data.path, ntasks, use_suite ? cfg.data.role : "label permutations", (long long)ntr,
+                 cfg.data.shots > 0 ? "k shots" : "all", R, (long long)nmine);
+        for (int t = 0; t < ntasks; t++)
+            if (sp.count[t] < 1) {
+                tsr_log(TSR_LOG_ERROR, "data: task %d has no training examples", t);
+                goto out;
+            }
+    }
     tsr_vit_config vc = {(int)cfg.model.image_size, (int)cfg.model.patch_size, (int)cfg.model.channels,
                          (int)cfg.model.dim, (int)cfg.model.depth, (int)cfg.model.heads,
                          (int)cfg.model.mlp_dim, (int)cfg.model.num_classes, cfg.model.ln_eps};
@@ -475,99 +820,177 @@ int tsr_cmd_adapt(int argc, char **argv) {
              mop ? (cfg.mosa.baseline ? ", sparse baseline" : ", MoSA") : "", use_ad ? ad.n_mod : 0, trainable,
              m.num_params);
 
+    /* the flat vector of everything trained: synchronised by one all-reduce per step */
+    size_t nm_sync = tr.blocks ? m.num_params : m.num_params - head_off, m_sync_off = tr.blocks ? 0 : head_off;
+    size_t nsync = nm_sync + (use_ad ? ad.num_params : 0) + (opt_mb.m ? mo.nbias : 0);
+    sync = tsr_malloc(sizeof(float) * (nsync ? nsync : 1));
+    float *bufs[3] = {m.grads_mem + m_sync_off, use_ad ? ad.grads : NULL, opt_mb.m ? mo.bias_grads : NULL};
+    size_t lens[3] = {nm_sync, use_ad ? ad.num_params : 0, opt_mb.m ? mo.nbias : 0};
+
+    long steps = cfg.train.steps, start_step = 0;
+    double first_loss = NAN, last_loss = NAN;
+    if (resume) {
+        long got = ckpt_load_latest(cfg.run.output_dir, &m, use_ad ? &ad : NULL, mop, &opt_m, use_ad ? &opt_ad : NULL,
+                                    opt_mb.m ? &opt_mb : NULL, &first_loss);
+        if (got < 0) {
+            tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
+            goto out;
+        }
+        start_step = got;
+        if (got > 0) tsr_info("resume: from the checkpoint of step %ld", got);
+        else tsr_info("resume: no complete checkpoint in %s/checkpoints: starting at step 0", cfg.run.output_dir);
+    }
     snprintf(curve_path, sizeof curve_path, "%s/train_log.csv", cfg.run.output_dir);
     snprintf(curve_tmp, sizeof curve_tmp, "%s.tmp", curve_path);
-    curve = fopen(curve_tmp, "w");
-    if (!curve) {
-        tsr_log(TSR_LOG_ERROR, "%s: cannot create (%s)", curve_tmp, strerror(errno));
-        goto out;
+    if (me == 0) {
+        if (start_step > 0) curve_keep_until(curve_path, start_step);
+        curve = fopen(curve_path, start_step > 0 ? "a" : "w");
+        if (!curve) {
+            tsr_log(TSR_LOG_ERROR, "%s: cannot create (%s)", curve_path, strerror(errno));
+            goto out;
+        }
+        if (start_step == 0) fprintf(curve, "step,lr_factor,train_loss,grad_norm,test_accuracy,images_per_s\n");
     }
-    fprintf(curve, "step,lr_factor,train_loss,grad_norm,test_accuracy,images_per_s\n");
 
     size_t per = (size_t)vc.channels * vc.image_size * vc.image_size;
     xb = tsr_malloc(sizeof(float) * per * B);
     yb = tsr_malloc(sizeof(int) * B);
     tb = tsr_malloc(sizeof(int) * B);
+    int *slot = tsr_malloc(sizeof(int) * B);
+    int64_t *exi = tsr_malloc(sizeof(int64_t) * B);
+    float *tmp_img = tsr_malloc(sizeof(float) * per);
     per_task = tsr_calloc((size_t)ntasks, sizeof(double));
-    tsr_rng rng;
-    tsr_rng_seed(&rng, (uint64_t)cfg.run.seed ^ 0xada9);
-    long steps = cfg.train.steps;
-    double t_start = tsr_time(), t_win = t_start, loss_win = 0, first_loss = NAN, last_loss = NAN;
-    int n_win = 0;
-    for (long step = 0; step < steps; step++) {
-        /* a batch sorted by task: counts per task, then examples in task order */
-        int *cnt = tsr_calloc((size_t)ntasks, sizeof(int));
-        for (int b = 0; b < B; b++) cnt[tsr_rng_u64(&rng) % (uint64_t)ntasks]++;
-        int b = 0;
-        for (int t = 0; t < ntasks; t++)
-            for (int j = 0; j < cnt[t]; j++, b++) {
-                tb[b] = t;
-                if (use_suite) continue;
-                if (ts.cursor[t] >= ts.nidx[t]) ts.cursor[t] = 0;
-                int64_t e = ts.idx[t][ts.cursor[t]++];
-                memcpy(xb + (size_t)b * per, train.x + (size_t)e * per, sizeof(float) * per);
-                yb[b] = ts.perm[(size_t)t * K + train.y[e]];
+    tsr_dist_install_stop_signals();
+    double t_start = tsr_time(), t_win = t_start, loss_win = 0;
+    int n_win = 0, stopped = 0;
+
+    for (long step = start_step; step < steps; step++) {
+        /* this rank's share of the global batch */
+        int Bl = sampler_local(&sp, (uint64_t)cfg.run.seed, step, B, me, tb, exi, slot);
+        for (int i = 0; i < Bl; i++) {
+            int t = tb[i];
+            if (use_suite) {
+                if (tsr_loader_get(&st.train, st.local[t], exi[i], xb + (size_t)i * per, &yb[i]) != 0) {
+                    tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
+                    goto out;
+                }
+            } else {
+                int64_t e = ts.idx[t][exi[i]];
+                memcpy(xb + (size_t)i * per, train.x + (size_t)e * per, sizeof(float) * per);
+                yb[i] = ts.perm[(size_t)t * K + train.y[e]];
             }
-        free(cnt);
-        if (use_suite && tsr_loader_batch(&st.train, tb, B, xb, yb, (uint64_t)step) != 0) {
-            tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
-            goto out;
+            if (cfg.data.augment)
+                augment_one(xb + (size_t)i * per, vc.channels, vc.image_size, (uint64_t)cfg.run.seed, step, slot[i],
+                            cfg.data.flip, tmp_img);
         }
         double lrf = tsr_lr_schedule(step, steps, cfg.train.warmup_steps, 1.0, 0.0);
         tsr_vit_zero_grad(&m);
         if (use_ad) tsr_adapters_zero_grad(&ad);
         if (mop && mo.nbias) memset(mo.bias_grads, 0, sizeof(float) * mo.nbias);
-        double loss = tsr_adapt_loss_grad(&m, use_ad ? &ad : NULL, mop, &tr, xb, yb, tb, B, step,
-                                          (uint64_t)cfg.run.seed, mop ? cfg.mosa.consistency : 0, NULL);
+        double lsum = 0;
+        if (Bl > 0) {
+            double loss = tsr_adapt_loss_grad(&m, use_ad ? &ad : NULL, mop, &tr, xb, yb, tb, Bl, step,
+                                              (uint64_t)cfg.run.seed, mop ? cfg.mosa.consistency : 0, NULL);
+            lsum = loss * Bl;
+        }
+        /* fault injection for the tests: a NaN loss on the last rank at a given step */
+        const char *fault = getenv("TESSERA_FAULT_NAN_STEP");
+        if (fault && atol(fault) == step && me == R - 1) lsum = NAN;
+        /* local mean -> share of the global mean; one all-reduce of every trained gradient and the loss */
+        size_t o = 0;
+        for (int k = 0; k < 3; k++) {
+            for (size_t i = 0; i < lens[k]; i++) sync[o + i] = bufs[k][i] * (float)Bl / (float)B;
+            o += lens[k];
+        }
+        tsr_dist_allreduce_sum_f32(sync, nsync);
+        double lg = lsum;
+        tsr_dist_allreduce_sum_f64(&lg, 1);
+        double loss = lg / B;
+        o = 0;
+        for (int k = 0; k < 3; k++) {
+            if (lens[k]) memcpy(bufs[k], sync + o, sizeof(float) * lens[k]);
+            o += lens[k];
+        }
         if (!isfinite(loss)) {
-            tsr_log(TSR_LOG_ERROR, "adapt: loss is %g at step %ld: diverged (HINT: lower optim.*_lr)", loss, step);
+            tsr_log(TSR_LOG_ERROR, "adapt: loss is %g at step %ld: diverged (HINT: lower optim.*_lr); the last good "
+                    "checkpoint (if any) is kept in %s/checkpoints", loss, step, cfg.run.output_dir);
             goto out;
         }
         if (step == 0) first_loss = loss;
-        /* global gradient norm over every trained buffer */
-        double n1 = tsr_clip_grad_norm(m.grads_mem, &opt_m, 0), n2 = use_ad ? tsr_clip_grad_norm(ad.grads, &opt_ad, 0) : 0;
-        double n3 = opt_mb.m ? tsr_clip_grad_norm(mo.bias_grads, &opt_mb, 0) : 0;
-        double gn = sqrt(n1 * n1 + n2 * n2 + n3 * n3);
+        /* global gradient norm over every trained buffer (identical on every rank after the all-reduce) */
+        double gsq = 0;
+        for (size_t i = 0; i < nsync; i++) gsq += (double)sync[i] * sync[i];
+        double gn = sqrt(gsq);
         if (cfg.train.grad_clip > 0 && gn > cfg.train.grad_clip) {
-            float s = (float)(cfg.train.grad_clip / (gn + 1e-6));
-            for (size_t i = 0; i < m.num_params; i++) m.grads_mem[i] *= s;
-            if (use_ad)
-                for (size_t i = 0; i < ad.num_params; i++) ad.grads[i] *= s;
-            if (opt_mb.m)
-                for (size_t i = 0; i < mo.nbias; i++) mo.bias_grads[i] *= s;
+            float sc = (float)(cfg.train.grad_clip / (gn + 1e-6));
+            for (int k = 0; k < 3; k++)
+                for (size_t i = 0; i < lens[k]; i++) bufs[k][i] *= sc;
         }
         tsr_adamw_step(&opt_m, m.params_mem, m.grads_mem, lrf);
         if (use_ad) tsr_adamw_step(&opt_ad, ad.params, ad.grads, lrf);
         if (opt_mb.m) tsr_adamw_step(&opt_mb, mo.bias_params, mo.bias_grads, lrf);
         loss_win += loss;
         n_win++;
+
         int last = step + 1 == steps;
         int do_eval = (step + 1) % cfg.train.eval_every == 0 || last;
         if ((step + 1) % cfg.train.log_every == 0 || do_eval) {
             double now = tsr_time(), ips = n_win * B / (now - t_win), acc = NAN;
-            double eta = (steps - step - 1) * (now - t_start) / (step + 1);
-            last_loss = loss_win / n_win;
+            double eta = (steps - step - 1) * (now - t_start) / (step + 1 - start_step);
             int64_t lim = last ? (cfg.train.eval_limit > 0 ? cfg.train.eval_limit : 0) : 1000;
             if (do_eval)
-                acc = use_suite ? suite_evaluate(&m, use_ad ? &ad : NULL, mop, &st, lim, per_task)
-                                : evaluate(&m, use_ad ? &ad : NULL, mop, &test, &ts, lim > 0 ? lim : test.n, per_task);
+                acc = use_suite ? suite_evaluate(&m, use_ad ? &ad : NULL, mop, &st, eval_mine, lim, per_task)
+                                : evaluate(&m, use_ad ? &ad : NULL, mop, &test, &ts, eval_mine, lim > 0 ? lim : test.n,
+                                           per_task);
+            last_loss = loss_win / n_win; /* reported: the mean over the last logging window */
             tsr_info("step %6ld/%ld  loss %.4f  lr x%.3f  |g| %.3f  %7.1f img/s  ETA %4.0f s", step + 1, steps,
                      last_loss, lrf, gn, ips, eta);
             if (do_eval)
                 tsr_info("eval  %6ld  mean test accuracy over %d tasks %.4f (%s)", step + 1, ntasks, acc,
                          last && cfg.train.eval_limit == 0 ? "full test set" : "first test images");
-            fprintf(curve, "%ld,%.6f,%.6f,%.6f,%.6f,%.2f\n", step + 1, lrf, last_loss, gn, acc, ips);
+            if (curve) {
+                fprintf(curve, "%ld,%.6f,%.6f,%.6f,%.6f,%.2f\n", step + 1, lrf, loss_win / n_win, gn, acc, ips);
+                fflush(curve);
+            }
             loss_win = 0;
             n_win = 0;
             t_win = tsr_time();
         }
+        int stop = tsr_dist_stop_requested();
+        if ((cfg.run.checkpoint_every > 0 && (step + 1) % cfg.run.checkpoint_every == 0) || stop) {
+            if (ckpt_save(cfg.run.output_dir, step + 1, (int)cfg.run.keep_checkpoints, &m, use_ad ? &ad : NULL, mop,
+                          &opt_m, use_ad ? &opt_ad : NULL, opt_mb.m ? &opt_mb : NULL, first_loss, cfg_text) != 0) {
+                tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
+                goto out;
+            }
+        }
+        if (stop) {
+            tsr_info("adapt: stop signal: checkpoint of step %ld written in %s/checkpoints; resubmit with --resume",
+                     step + 1, cfg.run.output_dir);
+            stopped = 1;
+            break;
+        }
     }
-    if (fflush(curve) != 0 || fclose(curve) != 0 || rename(curve_tmp, curve_path) != 0) {
+    free(slot);
+    free(exi);
+    free(tmp_img);
+    if (curve) {
+        fclose(curve);
         curve = NULL;
-        tsr_log(TSR_LOG_ERROR, "%s: cannot write (%s)", curve_path, strerror(errno));
+    }
+    if (stopped) {
+        if (me == 0 && getenv("SLURM_JOB_ID")) { /* submitit's way: requeue the job, it resumes */
+            char cmd[128];
+            snprintf(cmd, sizeof cmd, "scontrol requeue %s", getenv("SLURM_JOB_ID"));
+            if (system(cmd) != 0) tsr_warn("could not requeue: '%s' failed", cmd);
+        }
+        rc = TSR_EXIT_REQUEUE;
         goto out;
     }
-    curve = NULL;
+    if (me != 0) {
+        rc = 0;
+        goto out;
+    }
     char tp[32], fl[32], ll[32];
     snprintf(tp, sizeof tp, "%zu", trainable);
     snprintf(fl, sizeof fl, "%.6f", first_loss);
@@ -593,15 +1016,19 @@ int tsr_cmd_adapt(int argc, char **argv) {
              last_loss, cfg.run.output_dir, use_ad ? "adapters.safetensors," : "", tsr_time() - t_start);
     rc = 0;
 out:
-    if (curve) {
-        fclose(curve);
-        remove(curve_tmp);
-    }
+    if (curve) fclose(curve);
+    free(sync);
+    free(args);
     free(sets); free(cfg_text); free(per_task); free(xb); free(yb); free(tb);
     tsr_imageset_free(&train);
     tsr_imageset_free(&test);
     if (ts.perm) tasks_free(&ts);
     suite_close(&st);
+    free(mine);
+    free(eval_mine);
+    free(sp.count);
+    free(sp.owner0);
+    free(sp.nowner);
     if (opt_m.m) tsr_adamw_free(&opt_m);
     if (opt_ad.m) tsr_adamw_free(&opt_ad);
     if (opt_mb.m) tsr_adamw_free(&opt_mb);

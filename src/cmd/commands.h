@@ -4,7 +4,9 @@
 int tsr_cmd_version(int argc, char **argv);
 int tsr_cmd_predict(int argc, char **argv);
 int tsr_cmd_train(int argc, char **argv);
-int tsr_cmd_adapt(int argc, char **argv);
+int tsr_cmd_adapt(int argc, char **argv); /* also `tessera pretrain` (the same trainer) */
+/* exit status of a run stopped by a signal after writing its checkpoint (resubmit with --resume) */
+#define TSR_EXIT_REQUEUE 3
 int tsr_cmd_prepare(int argc, char **argv);
 /* Print the start-up banner (rank 0): version, BLAS and kernel, MPI, ranks x threads; warn when the BLAS
  * runs a generic kernel on AVX-512 hardware. Calls tsr_blas_init and tsr_dist_set_threads. 0 / -1. */

@@ -12,7 +12,11 @@ static void usage(FILE *f) {
             "\n"
             "commands:\n"
             "  train CONFIG [--set key=value ...]   train a ViT backbone (full training) on the configured data\n"
-            "  adapt CONFIG [--set key=value ...]   parameter-efficient training (LoRA, adapters, Poly, MHR, MoSA, ...)\n"
+            "  adapt CONFIG [--set key=value ...] [--resume]\n"
+            "                                       parameter-efficient training (LoRA, adapters, Poly, MHR, MoSA, ...)\n"
+            "  pretrain CONFIG [--set ...] [--resume]\n"
+            "                                       the same under mpirun: tasks spread over ranks, gradients all-reduced,\n"
+            "                                       checkpoints, stop on SIGUSR2/SIGTERM for requeue\n"
             "  predict --checkpoint FILE --input FILE --output FILE [options]\n"
             "                                       logits of a backbone checkpoint (timm or Hugging Face naming)\n"
             "  prepare fashion-mnist|glyphs|folder  build a dataset (netCDF suite) from Debian packages or image folders\n"
@@ -32,7 +36,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) fn = tsr_cmd_version;
     else if (strcmp(cmd, "predict") == 0) fn = tsr_cmd_predict;
     else if (strcmp(cmd, "train") == 0) fn = tsr_cmd_train;
-    else if (strcmp(cmd, "adapt") == 0) fn = tsr_cmd_adapt;
+    else if (strcmp(cmd, "adapt") == 0 || strcmp(cmd, "pretrain") == 0) fn = tsr_cmd_adapt;
     else if (strcmp(cmd, "prepare") == 0) fn = tsr_cmd_prepare;
     if (!fn) {
         fprintf(stderr, "tessera: unknown command '%s'\n\n", cmd);

@@ -65,7 +65,7 @@ char *tsr_run_setup(tsr_config *cfg, const char *cmd, const char *cfg_path, int 
         tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
         return NULL;
     }
-    if (tsr_world.size > 1) {
+    if (tsr_world.size > 1 && strcmp(cmd, "train") == 0) {
         tsr_log(TSR_LOG_ERROR, "%s: runs on one rank (got %d); multi-rank training is `tessera pretrain`", cmd,
                 tsr_world.size);
         return NULL;

@@ -1,8 +1,13 @@
 /* parallel.h: the distribution layer. parallel.c is the ONLY file that calls MPI; everything else uses
- * these wrappers. Collectives short-circuit at world size 1. */
+ * these wrappers. Collectives short-circuit at world size 1 (and when MPI was never started), run on
+ * MPI_COMM_WORLD, must be called by every rank in the same order with the same n / bytes / root, and
+ * only from the thread that called tsr_dist_init (MPI_THREAD_FUNNELED). Any MPI error is fatal:
+ * tsr_fatal with MPI's error string (MPI_COMM_WORLD is switched to MPI_ERRORS_RETURN at init so that
+ * every return code reaches the wrappers). docs/SCALING.md describes what each call communicates. */
 #ifndef TSR_PARALLEL_H
 #define TSR_PARALLEL_H
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct {
     int rank, size;             /* in MPI_COMM_WORLD */
@@ -23,4 +28,50 @@ void tsr_dist_library(char *buf, int len);
 /* Every rank reports ok (0) or failure (nonzero); returns the max over ranks. */
 int tsr_dist_agree_fail(int local_fail);
 void tsr_dist_barrier(void);
+
+/* ---------------------------------------------------------------- collectives
+ * Large vectors are sent in chunks of at most tsr_dist_chunk_bytes() bytes per MPI call, so n may
+ * exceed INT_MAX elements. */
+
+/* In-place sums over ranks (MPI_Allreduce, MPI_SUM). */
+void tsr_dist_allreduce_sum_f32(float *buf, size_t n);
+void tsr_dist_allreduce_sum_f64(double *buf, size_t n);
+void tsr_dist_allreduce_sum_i64(int64_t *buf, size_t n);
+/* Maximum over ranks of one value. */
+double tsr_dist_allreduce_max_f64(double v);
+int tsr_dist_allreduce_max_int(int v);
+/* Broadcast bytes from root to every rank (in place). */
+void tsr_dist_bcast(void *buf, size_t bytes, int root);
+
+/* Sharded optimizer support: the flat vector of n floats is split into size contiguous slices, slice
+ * r = [off(r), off(r)+len(r)) with len as equal as possible (the first n % size slices get one more).
+ * Pure arithmetic on tsr_world.size; no communication. */
+void tsr_dist_slice(size_t n, int rank, size_t *off, size_t *len);
+/* Reduce-scatter (sum) of buf (n, in place): afterwards only this rank's slice of buf holds the summed
+ * values; the rest of buf is unspecified. */
+void tsr_dist_reduce_scatter_sum_f32(float *buf, size_t n);
+/* All-gather: every rank contributes its slice of buf; afterwards buf holds all slices on every rank. */
+void tsr_dist_allgather_f32(float *buf, size_t n);
+/* Gather every rank's slice to root (full vector valid on root only; other ranks' buf is unchanged). */
+void tsr_dist_gather_f32(float *buf, size_t n, int root);
+
+/* Bytes sent by this rank in collectives since start, counted by the wrappers with the standard
+ * algorithm-independent estimate (B = payload bytes, p = ranks, floor): allreduce (also the scalar
+ * max, agree_fail and stop_requested) 2(p-1)/p B, reduce-scatter and allgather (p-1)/p B, bcast B
+ * (every rank), gather: this rank's slice (non-root ranks only); 0 at p = 1. The barrier counts 0.
+ * For the scaling report (docs/SCALING.md). */
+uint64_t tsr_dist_bytes_sent(void);
+
+/* Chunk size of the vector collectives in bytes (default 256 MiB). Setting 0 restores the default;
+ * values are clamped to [8, INT_MAX]. Must be the same on every rank. Exposed so that the tests can
+ * exercise the chunked paths on small vectors. */
+void tsr_dist_set_chunk_bytes(size_t bytes);
+size_t tsr_dist_chunk_bytes(void);
+
+/* ---------------------------------------------------------------- stop signals */
+/* Install handlers for SIGUSR2 and SIGTERM that only set a flag (async-signal-safe). The flag stays
+ * set once raised. */
+void tsr_dist_install_stop_signals(void);
+/* At a step boundary: all ranks agree (allreduce max) whether any rank got a stop signal. Collective. */
+int tsr_dist_stop_requested(void);
 #endif

@@ -126,6 +126,9 @@ const cfg_field tsr_config_schema[] = {
       "threads per rank (0 = cores / local ranks)"),
     F("run.output_dir", CFG_STRING, run.output_dir, 1, 0, NULL, "\"runs/default\"",
       "directory for checkpoints, logs and the resolved configuration"),
+    F("run.checkpoint_every", CFG_INT, run.checkpoint_every, 0, 1e9, NULL, "0",
+      "tessera adapt / pretrain: steps between checkpoints in run.output_dir/checkpoints (0 = only on a stop signal)"),
+    F("run.keep_checkpoints", CFG_INT, run.keep_checkpoints, 1, 1000, NULL, "2", "complete checkpoints kept"),
     F("run.init", CFG_STRING, run.init, 1, 0, NULL, "\"\"",
       "initial weights: \"\" = random initialisation, otherwise a checkpoint path"),
 };

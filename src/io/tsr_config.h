@@ -89,6 +89,8 @@ typedef struct {
         long threads;                 /* threads per rank (0 = cores / local ranks) */
         char output_dir[CFG_STR_MAX]; /* checkpoints, logs and the resolved configuration */
         char init[CFG_STR_MAX];       /* "" = random initialisation, otherwise a checkpoint path */
+        long checkpoint_every;        /* steps between checkpoints (0 = only on a stop signal) */
+        long keep_checkpoints;        /* complete checkpoints kept */
     } run;
 } tsr_config;
 

@@ -826,6 +826,46 @@ int tsr_cmd_adapt(int argc, char **argv) {
     sync = tsr_malloc(sizeof(float) * (nsync ? nsync : 1));
     float *bufs[3] = {m.grads_mem + m_sync_off, use_ad ? ad.grads : NULL, opt_mb.m ? mo.bias_grads : NULL};
     size_t lens[3] = {nm_sync, use_ad ? ad.num_params : 0, opt_mb.m ? mo.nbias : 0};
+    float *pbufs[3] = {m.params_mem + m_sync_off, use_ad ? ad.params : NULL, opt_mb.m ? mo.bias_params : NULL};
+    tsr_adamw *opts[3] = {&opt_m, use_ad ? &opt_ad : NULL, opt_mb.m ? &opt_mb : NULL};
+    size_t bases[3] = {m_sync_off, 0, 0};
+    /* Sharded optimizer: rank r owns the slice [soff, soff + slen) of the flat trained vector; gradients are
+     * reduce-scattered, each rank's AdamW updates (and keeps moments for) its slice only, parameters are
+     * all-gathered. Implemented by cutting every AdamW group down to this rank's slice: the moments of
+     * other slices are never touched (their pages are never resident). */
+    int sharded = R > 1 && strcmp(cfg.train.sync, "sharded") == 0;
+    size_t soff = 0, slen = nsync;
+    if (sharded) {
+        tsr_dist_slice(nsync, me, &soff, &slen);
+        size_t pk = 0;
+        for (int k = 0; k < 3; k++) {
+            if (!opts[k]) {
+                pk += lens[k];
+                continue;
+            }
+            /* this rank's part of segment k, in buffer coordinates */
+            size_t lo = soff > pk ? soff - pk : 0, hi = soff + slen < pk + lens[k] ? soff + slen - pk : lens[k];
+            if (soff + slen <= pk || soff >= pk + lens[k]) lo = hi = 0;
+            lo += bases[k];
+            hi += bases[k];
+            tsr_adamw *o2 = opts[k];
+            tsr_param_group g[TSR_ADAMW_MAX_GROUPS];
+            int ng = o2->ngroups, n2 = 0;
+            memcpy(g, o2->groups, sizeof g);
+            for (int i = 0; i < ng; i++) {
+                size_t a = g[i].offset > lo ? g[i].offset : lo, b = g[i].offset + g[i].count < hi ? g[i].offset + g[i].count : hi;
+                if (a < b) {
+                    o2->groups[n2] = g[i];
+                    o2->groups[n2].offset = a;
+                    o2->groups[n2].count = b - a;
+                    n2++;
+                }
+            }
+            o2->ngroups = n2;
+            pk += lens[k];
+        }
+        tsr_info("optimizer: sharded over %d ranks (rank 0 updates %zu of %zu values)", R, slen, nsync);
+    }
 
     long steps = cfg.train.steps, start_step = 0;
     double first_loss = NAN, last_loss = NAN;
@@ -902,7 +942,8 @@ int tsr_cmd_adapt(int argc, char **argv) {
             for (size_t i = 0; i < lens[k]; i++) sync[o + i] = bufs[k][i] * (float)Bl / (float)B;
             o += lens[k];
         }
-        tsr_dist_allreduce_sum_f32(sync, nsync);
+        if (sharded) tsr_dist_reduce_scatter_sum_f32(sync, nsync);
+        else tsr_dist_allreduce_sum_f32(sync, nsync);
         double lg = lsum;
         tsr_dist_allreduce_sum_f64(&lg, 1);
         double loss = lg / B;
@@ -919,7 +960,8 @@ int tsr_cmd_adapt(int argc, char **argv) {
         if (step == 0) first_loss = loss;
         /* global gradient norm over every trained buffer (identical on every rank after the all-reduce) */
         double gsq = 0;
-        for (size_t i = 0; i < nsync; i++) gsq += (double)sync[i] * sync[i];
+        for (size_t i = soff; i < soff + slen; i++) gsq += (double)sync[i] * sync[i];
+        if (sharded) tsr_dist_allreduce_sum_f64(&gsq, 1);
         double gn = sqrt(gsq);
         if (cfg.train.grad_clip > 0 && gn > cfg.train.grad_clip) {
             float sc = (float)(cfg.train.grad_clip / (gn + 1e-6));
@@ -929,6 +971,20 @@ int tsr_cmd_adapt(int argc, char **argv) {
         tsr_adamw_step(&opt_m, m.params_mem, m.grads_mem, lrf);
         if (use_ad) tsr_adamw_step(&opt_ad, ad.params, ad.grads, lrf);
         if (opt_mb.m) tsr_adamw_step(&opt_mb, mo.bias_params, mo.bias_grads, lrf);
+        if (sharded) { /* every rank's updated slice to every rank */
+            o = 0;
+            for (int k = 0; k < 3; k++) {
+                for (size_t i = 0; i < lens[k]; i++)
+                    if (o + i >= soff && o + i < soff + slen) sync[o + i] = pbufs[k][i];
+                o += lens[k];
+            }
+            tsr_dist_allgather_f32(sync, nsync);
+            o = 0;
+            for (int k = 0; k < 3; k++) {
+                if (lens[k]) memcpy(pbufs[k], sync + o, sizeof(float) * lens[k]);
+                o += lens[k];
+            }
+        }
         loss_win += loss;
         n_win++;
 
@@ -958,6 +1014,23 @@ int tsr_cmd_adapt(int argc, char **argv) {
         }
         int stop = tsr_dist_stop_requested();
         if ((cfg.run.checkpoint_every > 0 && (step + 1) % cfg.run.checkpoint_every == 0) || stop) {
+            if (sharded) /* the moments of every slice to rank 0, which writes the checkpoint */
+                for (int mv = 0; mv < 2; mv++) {
+                    o = 0;
+                    for (int k = 0; k < 3; k++) {
+                        if (opts[k]) {
+                            float *src = (mv ? opts[k]->v : opts[k]->m) + bases[k];
+                            memcpy(sync + o, src, sizeof(float) * lens[k]);
+                        }
+                        o += lens[k];
+                    }
+                    tsr_dist_gather_f32(sync, nsync, 0);
+                    o = 0;
+                    for (int k = 0; k < 3; k++) {
+                        if (opts[k] && me == 0) memcpy((mv ? opts[k]->v : opts[k]->m) + bases[k], sync + o, sizeof(float) * lens[k]);
+                        o += lens[k];
+                    }
+                }
             if (ckpt_save(cfg.run.output_dir, step + 1, (int)cfg.run.keep_checkpoints, &m, use_ad ? &ad : NULL, mop,
                           &opt_m, use_ad ? &opt_ad : NULL, opt_mb.m ? &opt_mb : NULL, first_loss, cfg_text) != 0) {
                 tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());

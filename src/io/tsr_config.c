@@ -69,6 +69,8 @@ const cfg_field tsr_config_schema[] = {
     F("train.eval_every", CFG_INT, train.eval_every, 1, 1e9, NULL, "100", "evaluate every N steps"),
     F("train.eval_limit", CFG_INT, train.eval_limit, 0, 1e9, NULL, "0",
       "test images in the final evaluation (0 = the whole test set; evaluations during training use 1000)"),
+    F("train.sync", CFG_ENUM, train.sync, 1, 0, "sharded|allreduce", "\"sharded\"",
+      "multi-rank: sharded (reduce-scatter gradients, each rank updates its slice, all-gather parameters) | allreduce"),
     F("train.log_every", CFG_INT, train.log_every, 1, 1e9, NULL, "10", "log training metrics every N steps"),
     /* adapt */
     F("adapt.mode", CFG_ENUM, adapt.mode, 1, 0, "adapters|probe|full", "\"adapters\"",

@@ -52,6 +52,7 @@ typedef struct {
         long eval_every;     /* evaluate every N steps */
         long log_every;      /* log every N steps */
         long eval_limit;     /* test images per evaluation at the end (0 = all; 1000 during training) */
+        char sync[CFG_STR_MAX]; /* "sharded" | "allreduce": how ranks synchronise the optimizer */
     } train;
     struct {
         char mode[CFG_STR_MAX];      /* "adapters" | "probe" | "full": what `tessera adapt` trains */

@@ -84,6 +84,10 @@ def main():
             else:
                 d = maxdiff(ref, p)
                 check(d <= TOL, f"{n} ranks vs 1 rank after 10 steps: max abs parameter difference {d:.2e} <= {TOL}")
+        oar = os.path.join(tmp, "allreduce2")
+        r = run(cmd(exe, mpiexec, 2, src, oar, steps + ["train.sync=allreduce"]))
+        d = maxdiff(ref, params(oar)) if r.returncode == 0 and ref else float("inf")
+        check(d <= TOL, f"2 ranks with a plain all-reduce (no sharding) vs 1 rank: max abs difference {d:.2e}")
         two = ["train.steps=10", "data.tasks=2"]
         o1, o3 = os.path.join(tmp, "few1"), os.path.join(tmp, "few3")
         r1, r3 = run(cmd(exe, mpiexec, 1, src, o1, two)), run(cmd(exe, mpiexec, 3, src, o3, two))

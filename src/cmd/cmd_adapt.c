@@ -460,6 +460,7 @@ typedef struct {
     int *idx;          /* suite task index of each run task */
     int64_t *weight;   /* examples of each task in the file (ownership balance) */
     int *local;        /* run task -> index in the loaders, -1 when this rank does not own it */
+    int *label_off;    /* data.joint_labels: task t's class c is model class label_off[t] + c (else 0) */
     tsr_loader train, test;
     int loaded;
 } suite_tasks;
@@ -482,6 +483,7 @@ static int suite_select(suite_tasks *st, const tsr_config *cfg, int K) {
     st->idx = tsr_malloc(sizeof(int) * (size_t)st->ntasks);
     st->weight = tsr_malloc(sizeof(int64_t) * (size_t)st->ntasks);
     st->local = tsr_malloc(sizeof(int) * (size_t)st->ntasks);
+    st->label_off = tsr_calloc((size_t)st->ntasks, sizeof(int));
     for (int t = 0; t < st->ntasks; t++) {
         st->idx[t] = role ? tsr_suite_find_task(&s, role->v[t]) : t;
         if (st->idx[t] < 0) {
@@ -489,6 +491,12 @@ static int suite_select(suite_tasks *st, const tsr_config *cfg, int K) {
             goto out;
         }
         st->weight[t] = s.count[st->idx[t]];
+        if (cfg->data.joint_labels && t + 1 < st->ntasks) st->label_off[t + 1] = st->label_off[t] + s.num_classes[st->idx[t]];
+        if (cfg->data.joint_labels && st->label_off[t] + s.num_classes[st->idx[t]] > K) {
+            tsr_error("data.joint_labels: the %d tasks have %d classes together, model.num_classes is %d", st->ntasks,
+                      st->label_off[t] + s.num_classes[st->idx[t]], K);
+            goto out;
+        }
         if (s.num_classes[st->idx[t]] > K) {
             tsr_error("%s: task '%s' has %d classes but model.num_classes is %d", cfg->data.path,
                       s.task_names[st->idx[t]], s.num_classes[st->idx[t]], K);
@@ -540,6 +548,7 @@ static void suite_close(suite_tasks *st) {
     free(st->idx);
     free(st->weight);
     free(st->local);
+    free(st->label_off);
     memset(st, 0, sizeof *st);
 }
 
@@ -561,6 +570,7 @@ static double suite_evaluate(tsr_vit *m, tsr_adapters *ad, tsr_mosa *mo, suite_t
             int b = (int)(n - s0 < B ? n - s0 : B);
             for (int i = 0; i < b; i++) {
                 if (tsr_loader_get(&st->test, lt, s0 + i, x + (size_t)i * per, &lab[i]) != 0) tsr_fatal("%s", tsr_last_error());
+                lab[i] += st->label_off[t];
                 tid[i] = t;
             }
             if (ad && tsr_adapters_begin(ad, tid, b, 0, 0, 0, NULL) != 0) tsr_fatal("%s", tsr_last_error());
@@ -914,6 +924,7 @@ int tsr_cmd_adapt(int argc, char **argv) {
                     tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
                     goto out;
                 }
+                yb[i] += st.label_off[t];
             } else {
                 int64_t e = ts.idx[t][exi[i]];
                 memcpy(xb + (size_t)i * per, train.x + (size_t)e * per, sizeof(float) * per);

@@ -51,6 +51,8 @@ const cfg_field tsr_config_schema[] = {
       "suite tasks used: all | source | train | heldout (the lists in suite.*)"),
     F("data.augment", CFG_BOOL, data.augment, 1, 0, NULL, "false", "random crop (padding 2) of training images"),
     F("data.flip", CFG_BOOL, data.flip, 1, 0, NULL, "false", "with data.augment: random horizontal flips"),
+    F("data.joint_labels", CFG_BOOL, data.joint_labels, 1, 0, NULL, "false",
+      "suite tasks share one label space (task t's classes follow those of tasks 0..t-1): backbone pre-training on the source tasks"),
     /* suite roles */
     F("suite.source", CFG_STRING_LIST, suite.source, 1, 0, NULL, "[]", "suite tasks that pre-train the backbone"),
     F("suite.train", CFG_STRING_LIST, suite.train, 1, 0, NULL, "[]", "suite tasks for multi-task adapter training"),

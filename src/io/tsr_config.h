@@ -36,6 +36,7 @@ typedef struct {
         char role[CFG_STR_MAX];    /* suite tasks used: "all" | "source" | "train" | "heldout" */
         bool augment;              /* random crop (pad 2) during training */
         bool flip;                 /* with augment: random horizontal flip */
+        bool joint_labels;         /* suite tasks share one label space (task offsets): backbone pre-training */
     } data;
     struct {
         cfg_string_list source;    /* task names that pre-train the backbone */

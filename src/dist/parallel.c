@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <mpi.h>
+#include <sched.h>
 #include <omp.h>
 #include <signal.h>
 #include <stdio.h>
@@ -58,10 +59,20 @@ void tsr_dist_finalize(void) {
 
 int tsr_dist_set_threads(int requested) {
     int n = requested;
+    /* the cores this rank may run on (mpirun binds a rank to one core by default when ranks <= 2) */
+    cpu_set_t set;
+    int allowed = 0;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) allowed = CPU_COUNT(&set);
     if (n <= 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         n = (int)(cores / (tsr_world.local_size > 0 ? tsr_world.local_size : 1));
+        if (allowed > 0 && n > allowed) n = allowed;
         if (n < 1) n = 1;
+    } else if (allowed > 0 && n > allowed) {
+        tsr_warn("rank %d may run on %d core(s) but %d threads were asked for: they would share cores and run "
+                 "far slower; using %d. HINT: mpirun --bind-to none, or --map-by slot:PE=%d, or srun "
+                 "--cpus-per-task=%d", tsr_world.rank, allowed, n, allowed, n, n);
+        n = allowed;
     }
     tsr_world.threads = n;
     omp_set_num_threads(n);

@@ -699,43 +699,44 @@ done:
     return rc;
 }
 
-int tsr_glyphs_scan(const tsr_glyph_opts *o, const tsr_glyph_script *s, tsr_glyph_task *t) {
+/* What scan and render share: options (defaults when NULL), FreeType, the task's fonts and classes.
+ * On 0 the library and the faces stay open for the caller; otherwise everything is closed again. */
+static int open_task(const tsr_glyph_opts **o, tsr_glyph_opts *def, const tsr_glyph_script *s, tsr_glyph_task *t,
+                     FT_Library *lib, FT_Face **faces) {
     memset(t, 0, sizeof *t);
-    tsr_glyph_opts def;
-    if (!o) {
-        tsr_glyph_opts_init(&def);
-        o = &def;
+    if (!*o) {
+        tsr_glyph_opts_init(def);
+        *o = def;
     }
     if (!s) return tsr_error("glyph suite: no script given");
-    if (check_opts(o) != 0) return -1;
+    if (check_opts(*o) != 0) return -1;
+    if (FT_Init_FreeType(lib)) return tsr_error("glyph suite: FreeType initialisation failed");
+    int rc = scan(*o, s, t, *lib, faces);
+    if (rc != 0) {
+        FT_Done_FreeType(*lib);
+        if (rc < 0) tsr_error_context("glyph suite, script '%s'", s->name);
+    }
+    return rc;
+}
+
+int tsr_glyphs_scan(const tsr_glyph_opts *o, const tsr_glyph_script *s, tsr_glyph_task *t) {
+    tsr_glyph_opts def;
     FT_Library lib;
-    if (FT_Init_FreeType(&lib)) return tsr_error("glyph suite: FreeType initialisation failed");
     FT_Face *faces;
-    int rc = scan(o, s, t, lib, &faces);
-    if (rc == 0) close_faces(faces, t->nfonts);
-    FT_Done_FreeType(lib);
-    if (rc < 0) tsr_error_context("glyph suite, script '%s'", s->name);
+    int rc = open_task(&o, &def, s, t, &lib, &faces);
+    if (rc == 0) {
+        close_faces(faces, t->nfonts);
+        FT_Done_FreeType(lib);
+    }
     return rc;
 }
 
 int tsr_glyphs_render_task(const tsr_glyph_opts *o, const tsr_glyph_script *s, tsr_glyph_task *t) {
-    memset(t, 0, sizeof *t);
     tsr_glyph_opts def;
-    if (!o) {
-        tsr_glyph_opts_init(&def);
-        o = &def;
-    }
-    if (!s) return tsr_error("glyph suite: no script given");
-    if (check_opts(o) != 0) return -1;
     FT_Library lib;
-    if (FT_Init_FreeType(&lib)) return tsr_error("glyph suite: FreeType initialisation failed");
     FT_Face *faces;
-    int rc = scan(o, s, t, lib, &faces);
-    if (rc != 0) {
-        FT_Done_FreeType(lib);
-        if (rc < 0) tsr_error_context("glyph suite, script '%s'", s->name);
-        return rc;
-    }
+    int rc = open_task(&o, &def, s, t, &lib, &faces);
+    if (rc != 0) return rc;
     int size = o->image_size, E = o->examples;
     size_t npx = (size_t)size * (size_t)size;
     t->n = (int64_t)t->num_classes * E;

@@ -357,13 +357,16 @@ int tsr_nc_dataset_open(tsr_nc_dataset *d, const char *path) {
     return 0;
 }
 
-void tsr_nc_dataset_close(tsr_nc_dataset *d) {
-    if (!d) return;
-    if (d->ncid >= 0) {
-        int st = nc_close(d->ncid);
-        if (st != NC_NOERR) tsr_warn("%s: closing: %s", d->path, nc_strerror(st));
+void tsr_nc_close_file(int *ncid, const char *path) {
+    if (*ncid >= 0) {
+        int st = nc_close(*ncid);
+        if (st != NC_NOERR) tsr_warn("%s: closing: %s", path, nc_strerror(st));
     }
-    d->ncid = -1;
+    *ncid = -1;
+}
+
+void tsr_nc_dataset_close(tsr_nc_dataset *d) {
+    if (d) tsr_nc_close_file(&d->ncid, d->path);
 }
 
 /* ------------------------------------------------------------------ reading */

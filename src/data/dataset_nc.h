@@ -38,6 +38,8 @@ typedef struct {
  * the file is closed and d->ncid is -1, so tsr_nc_dataset_close(d) is always safe to call. */
 int tsr_nc_dataset_open(tsr_nc_dataset *d, const char *path);
 void tsr_nc_dataset_close(tsr_nc_dataset *d);
+/* Close an open netCDF id (>= 0), warning with the path if that fails; sets *ncid = -1. */
+void tsr_nc_close_file(int *ncid, const char *path);
 
 /* Read examples [start, start+count) as float NCHW:
  *   out[b][c][y][x] = ((float)pixel / 255 - mean[c]) / std[c]

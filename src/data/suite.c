@@ -408,11 +408,7 @@ int tsr_suite_open(tsr_suite *s, const char *path) {
 
 void tsr_suite_close(tsr_suite *s) {
     if (!s) return;
-    if (s->ncid >= 0) {
-        int st = nc_close(s->ncid);
-        if (st != NC_NOERR) tsr_warn("%s: closing: %s", s->path, nc_strerror(st));
-    }
-    s->ncid = -1;
+    tsr_nc_close_file(&s->ncid, s->path);
     free_arrays(s);
 }
 

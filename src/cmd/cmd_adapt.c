@@ -24,6 +24,7 @@
 #include "adapters/adapters.h"
 #include "build_info.h"
 #include "cmd/commands.h"
+#include "cmd/trainer.h"
 #include "core/common.h"
 #include "core/rng.h"
 #include "data/imageset.h"
@@ -461,8 +462,8 @@ typedef struct {
     int64_t *weight;   /* examples of each task in the file (ownership balance) */
     int *local;        /* run task -> index in the loaders, -1 when this rank does not own it */
     int *label_off;    /* data.joint_labels: task t's class c is model class label_off[t] + c (else 0) */
-    tsr_loader train, test;
-    int loaded;
+    tsr_loader train, val, test;
+    int loaded, want_val;
 } suite_tasks;
 
 /* Which tasks: the role's list (or every task); checked against the file and the model. */
@@ -533,6 +534,8 @@ static int suite_load(suite_tasks *st, const tsr_config *cfg, const int *mine) {
         o.shots = 0;
         o.split = 2;
         if (tsr_loader_open(&st->test, &s, sel, n, &o) != 0) goto out;
+        o.split = 1;
+        if (st->want_val && tsr_loader_open(&st->val, &s, sel, n, &o) != 0) goto out;
         st->loaded = 1;
     }
     rc = 0;
@@ -545,6 +548,7 @@ out:
 static void suite_close(suite_tasks *st) {
     if (st->train.t) tsr_loader_close(&st->train);
     if (st->test.t) tsr_loader_close(&st->test);
+    if (st->val.t) tsr_loader_close(&st->val);
     free(st->idx);
     free(st->weight);
     free(st->local);
@@ -552,8 +556,8 @@ static void suite_close(suite_tasks *st) {
     memset(st, 0, sizeof *st);
 }
 
-static double suite_evaluate(tsr_vit *m, tsr_adapters *ad, tsr_mosa *mo, suite_tasks *st, const int *eval_mine,
-                             int64_t limit, double *per_task) {
+static double suite_evaluate(tsr_vit *m, tsr_adapters *ad, tsr_mosa *mo, suite_tasks *st, tsr_loader *ld,
+                             const int *eval_mine, int64_t limit, double *per_task) {
     int B = m->max_batch, K = m->cfg.num_classes;
     size_t per = (size_t)m->cfg.channels * m->cfg.image_size * m->cfg.image_size;
     float *x = tsr_malloc(sizeof(float) * per * B);
@@ -564,12 +568,12 @@ static double suite_evaluate(tsr_vit *m, tsr_adapters *ad, tsr_mosa *mo, suite_t
         per_task[t] = 0;
         if (!eval_mine[t]) continue;
         int lt = st->local[t];
-        int64_t n = tsr_loader_count(&st->test, lt), correct = 0;
+        int64_t n = tsr_loader_count(ld, lt), correct = 0;
         if (limit > 0 && n > limit) n = limit;
         for (int64_t s0 = 0; s0 < n; s0 += B) {
             int b = (int)(n - s0 < B ? n - s0 : B);
             for (int i = 0; i < b; i++) {
-                if (tsr_loader_get(&st->test, lt, s0 + i, x + (size_t)i * per, &lab[i]) != 0) tsr_fatal("%s", tsr_last_error());
+                if (tsr_loader_get(ld, lt, s0 + i, x + (size_t)i * per, &lab[i]) != 0) tsr_fatal("%s", tsr_last_error());
                 lab[i] += st->label_off[t];
                 tid[i] = t;
             }
@@ -613,9 +617,35 @@ int tsr_cmd_adapt(int argc, char **argv) {
         free(args);
         return pr == 1 ? 0 : 2;
     }
+    tsr_config *cfg = tsr_malloc(sizeof *cfg);
+    char *cfg_text = tsr_run_setup(cfg, argv[0], cfg_path, nset, sets);
     int rc = 1;
-    tsr_config cfg;
-    char *cfg_text = NULL;
+    if (cfg_text) {
+        tsr_train_opts o = {.resume = resume};
+        rc = tsr_train_run(cfg, cfg_text, &o, NULL);
+    }
+    free(cfg_text);
+    free(cfg);
+    free(sets);
+    free(args);
+    return rc;
+}
+
+void tsr_train_result_free(tsr_train_result *r) {
+    if (!r) return;
+    free(r->eval_step);
+    free(r->train_loss);
+    free(r->val_accuracy);
+    free(r->test_accuracy);
+    free(r->grad_rows);
+    free(r->routing);
+    memset(r, 0, sizeof *r);
+}
+
+int tsr_train_run(const tsr_config *cfg, const char *cfg_text, const tsr_train_opts *topt, tsr_train_result *res) {
+    int resume = topt->resume, quiet = topt->quiet;
+    double t_begin = tsr_time();
+    int rc = 1;
     tsr_imageset train = {0}, test = {0};
     tsr_vit m;
     memset(&m, 0, sizeof m);
@@ -641,22 +671,21 @@ int tsr_cmd_adapt(int argc, char **argv) {
     float *xb = NULL, *sync = NULL;
     int *yb = NULL, *tb = NULL;
 
-    if (!(cfg_text = tsr_run_setup(&cfg, argv[0], cfg_path, nset, sets))) goto out;
-    int K = (int)cfg.model.num_classes, B = (int)cfg.train.batch_size, ntasks;
-    use_suite = strcmp(cfg.data.dataset, "suite") == 0;
+    int K = (int)cfg->model.num_classes, B = (int)cfg->train.batch_size, ntasks;
+    use_suite = strcmp(cfg->data.dataset, "suite") == 0;
     int R = tsr_world.size, me = tsr_world.rank;
     if (use_suite) {
-        if (suite_select(&st, &cfg, K) != 0) {
+        if (suite_select(&st, cfg, K) != 0) {
             tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
             goto out;
         }
         ntasks = st.ntasks;
     } else {
-        if (tsr_imageset_load(&cfg, &train, &test) != 0) {
+        if (tsr_imageset_load(cfg, &train, &test) != 0) {
             tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
             goto out;
         }
-        tasks_build(&ts, &cfg, &train, K);
+        tasks_build(&ts, cfg, &train, K);
         ntasks = ts.ntasks;
     }
     /* ownership of tasks by ranks, and the global example counts of the sampler */
@@ -670,13 +699,14 @@ int tsr_cmd_adapt(int argc, char **argv) {
         free(w);
     }
     for (int t = 0; t < ntasks; t++) {
-        mine[t] = owns(&sp, t, me);
-        eval_mine[t] = owner[t] == me;
+        mine[t] = topt->grad_examples > 0 ? t % R == me : owns(&sp, t, me);
+        eval_mine[t] = topt->grad_examples > 0 ? mine[t] : owner[t] == me;
     }
     free(owner);
     sp.count = tsr_calloc((size_t)ntasks, sizeof(int64_t));
     if (use_suite) {
-        if (suite_load(&st, &cfg, mine) != 0) {
+        st.want_val = topt->want_val;
+        if (suite_load(&st, cfg, mine) != 0) {
             tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
             goto out;
         }
@@ -691,46 +721,50 @@ int tsr_cmd_adapt(int argc, char **argv) {
         int64_t ntr = 0, nmine = 0;
         for (int t = 0; t < ntasks; t++) ntr += sp.count[t], nmine += mine[t];
         tsr_info("data: %s: %d tasks (%s), %lld training examples (%s), %d ranks (rank 0 owns %lld tasks)",
-                 cfg.data.path, ntasks, use_suite ? cfg.data.role : "label permutations", (long long)ntr,
-                 cfg.data.shots > 0 ? "k shots" : "all", R, (long long)nmine);
+                 cfg->data.path, ntasks, use_suite ? cfg->data.role : "label permutations", (long long)ntr,
+                 cfg->data.shots > 0 ? "k shots" : "all", R, (long long)nmine);
         for (int t = 0; t < ntasks; t++)
             if (sp.count[t] < 1) {
                 tsr_log(TSR_LOG_ERROR, "data: task %d has no training examples", t);
                 goto out;
             }
     }
-    tsr_vit_config vc = {(int)cfg.model.image_size, (int)cfg.model.patch_size, (int)cfg.model.channels,
-                         (int)cfg.model.dim, (int)cfg.model.depth, (int)cfg.model.heads,
-                         (int)cfg.model.mlp_dim, (int)cfg.model.num_classes, cfg.model.ln_eps};
+    tsr_vit_config vc = {(int)cfg->model.image_size, (int)cfg->model.patch_size, (int)cfg->model.channels,
+                         (int)cfg->model.dim, (int)cfg->model.depth, (int)cfg->model.heads,
+                         (int)cfg->model.mlp_dim, (int)cfg->model.num_classes, cfg->model.ln_eps};
     if (tsr_vit_create(&m, &vc, B) != 0) {
         tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
         goto out;
     }
-    if (cfg.run.init[0]) {
-        if (tsr_ckpt_load_vit(&m, cfg.run.init, 1) != 0) {
+    if (cfg->run.init[0]) {
+        if (tsr_ckpt_load_vit(&m, cfg->run.init, cfg->run.reset_head ? 2 : 1) != 0) {
             tsr_log(TSR_LOG_ERROR, "run.init: %s", tsr_last_error());
             goto out;
         }
-        tsr_info("backbone: %s", cfg.run.init);
+        if (cfg->run.reset_head) { /* new tasks: a zero head (the adapters start from zero updates too) */
+            size_t hoff = (size_t)(m.params.headw - m.params_mem);
+            memset(m.params_mem + hoff, 0, sizeof(float) * (m.num_params - hoff));
+        }
+        tsr_info("backbone: %s%s", cfg->run.init, cfg->run.reset_head ? " (its classifier replaced by a zero head)" : "");
     } else {
-        tsr_vit_init_random(&m, (uint64_t)cfg.run.seed);
+        tsr_vit_init_random(&m, (uint64_t)cfg->run.seed);
         tsr_info("backbone: random initialisation (run.init is empty)");
     }
 
     /* adapters */
-    int use_ad = strcmp(cfg.adapter.kind, "none") != 0 && strcmp(cfg.adapt.mode, "probe") != 0;
+    int use_ad = strcmp(cfg->adapter.kind, "none") != 0 && strcmp(cfg->adapt.mode, "probe") != 0;
     int z_only = 0;
     if (use_ad) {
         tsr_adapter_config ac;
-        if (cfg.adapter.init[0]) {
+        if (cfg->adapter.init[0]) {
             int depth, dim, mlp;
-            if (tsr_adapters_load_config(cfg.adapter.init, &ac, &depth, &dim, &mlp) != 0) {
+            if (tsr_adapters_load_config(cfg->adapter.init, &ac, &depth, &dim, &mlp) != 0) {
                 tsr_log(TSR_LOG_ERROR, "adapter.init: %s", tsr_last_error());
                 goto out;
             }
             if (depth != vc.depth || dim != vc.dim || mlp != vc.mlp_dim) {
                 tsr_log(TSR_LOG_ERROR, "adapter.init: %s was made for depth %d, dim %d, mlp %d; the model has %d, %d, %d",
-                        cfg.adapter.init, depth, dim, mlp, vc.depth, vc.dim, vc.mlp_dim);
+                        cfg->adapter.init, depth, dim, mlp, vc.depth, vc.dim, vc.mlp_dim);
                 goto out;
             }
             if (tsr_adapters_create(&pre, &ac, vc.depth, vc.dim, vc.mlp_dim, m.tokens, B) != 0) {
@@ -738,11 +772,11 @@ int tsr_cmd_adapt(int argc, char **argv) {
                 goto out;
             }
             pre.ln_eps = vc.ln_eps;
-            if (tsr_adapters_load(&pre, cfg.adapter.init) != 0) {
+            if (tsr_adapters_load(&pre, cfg->adapter.init) != 0) {
                 tsr_log(TSR_LOG_ERROR, "adapter.init: %s", tsr_last_error());
                 goto out;
             }
-            const char *v = cfg.adapter.fewshot;
+            const char *v = cfg->adapter.fewshot;
             tsr_adapter_config nc = ac;
             nc.n_tasks = ntasks;
             if (strcmp(v, "mu") == 0) {
@@ -751,7 +785,7 @@ int tsr_cmd_adapt(int argc, char **argv) {
             }
             if (strcmp(v, "none") == 0 && ac.skills > 1 && ac.n_tasks != ntasks) {
                 tsr_log(TSR_LOG_ERROR, "adapter.init: %s routes %d tasks but this run has %d (HINT: adapter.fewshot "
-                        "finetune or z gives the new tasks fresh routing rows)", cfg.adapter.init, ac.n_tasks, ntasks);
+                        "finetune or z gives the new tasks fresh routing rows)", cfg->adapter.init, ac.n_tasks, ntasks);
                 goto out;
             }
             if (tsr_adapters_create(&ad, &nc, vc.depth, vc.dim, vc.mlp_dim, m.tokens, B) != 0) {
@@ -759,18 +793,18 @@ int tsr_cmd_adapt(int argc, char **argv) {
                 goto out;
             }
             if (strcmp(v, "mu") == 0) tsr_adapters_average_skills(&pre, &ad);
-            else tsr_adapters_copy_skills(&pre, &ad, (uint64_t)cfg.run.seed);
+            else tsr_adapters_copy_skills(&pre, &ad, (uint64_t)cfg->run.seed);
             if (strcmp(v, "none") == 0 && ac.skills > 1) /* keep the learned rows */
                 memcpy(ad.params + ad.off_Z, pre.params + pre.off_Z, sizeof(float) * (ad.num_params - ad.off_Z));
             z_only = strcmp(v, "z") == 0;
             if (z_only && ac.skills < 2) {
                 tsr_log(TSR_LOG_ERROR, "adapter.fewshot z trains only routing rows, but %s has no routing (skills 1)",
-                        cfg.adapter.init);
+                        cfg->adapter.init);
                 goto out;
             }
-            tsr_info("adapters: from %s (fewshot %s): the file's adapter configuration is used", cfg.adapter.init, v);
+            tsr_info("adapters: from %s (fewshot %s): the file's adapter configuration is used", cfg->adapter.init, v);
         } else {
-            if (adapter_config_from(&cfg, &ac) == 0) ac.n_tasks = ntasks;
+            if (adapter_config_from(cfg, &ac) == 0) ac.n_tasks = ntasks;
             else {
                 tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
                 goto out;
@@ -779,15 +813,15 @@ int tsr_cmd_adapt(int argc, char **argv) {
                 tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
                 goto out;
             }
-            tsr_adapters_init(&ad, (uint64_t)cfg.run.seed + 1);
+            tsr_adapters_init(&ad, (uint64_t)cfg->run.seed + 1);
         }
         ad.ln_eps = vc.ln_eps;
         m.ad = &ad;
-        if (cfg.mosa.modules > 0) {
-            int split = strcmp(cfg.mosa.split, "up") == 0 ? TSR_MOSA_SPLIT_UP
-                        : strcmp(cfg.mosa.split, "down") == 0 ? TSR_MOSA_SPLIT_DOWN
+        if (cfg->mosa.modules > 0) {
+            int split = strcmp(cfg->mosa.split, "up") == 0 ? TSR_MOSA_SPLIT_UP
+                        : strcmp(cfg->mosa.split, "down") == 0 ? TSR_MOSA_SPLIT_DOWN
                                                                : TSR_MOSA_SPLIT_UP | TSR_MOSA_SPLIT_DOWN;
-            if (tsr_mosa_create(&mo, &ad, (int)cfg.mosa.modules, split, cfg.mosa.baseline, (uint64_t)cfg.run.seed) != 0) {
+            if (tsr_mosa_create(&mo, &ad, (int)cfg->mosa.modules, split, cfg->mosa.baseline, (uint64_t)cfg->run.seed) != 0) {
                 tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
                 goto out;
             }
@@ -797,37 +831,37 @@ int tsr_cmd_adapt(int argc, char **argv) {
 
     /* parameter groups */
     tsr_vit_trainable tr = TSR_VIT_ADAPTERS;
-    if (strcmp(cfg.adapt.mode, "probe") == 0) tr = (tsr_vit_trainable){0, 0, 0, 1, 0, 0};
-    if (strcmp(cfg.adapt.mode, "full") == 0) tr = TSR_VIT_FULL;
+    if (strcmp(cfg->adapt.mode, "probe") == 0) tr = (tsr_vit_trainable){0, 0, 0, 1, 0, 0};
+    if (strcmp(cfg->adapt.mode, "full") == 0) tr = TSR_VIT_FULL;
     if (!use_ad) tr.adapters = 0;
     size_t head_off = (size_t)(m.params.headw - m.params_mem), trainable = 0;
     tsr_adamw_init(&opt_m, m.num_params, 0.9, 0.999, 1e-8);
-    tsr_adamw_add_group(&opt_m, head_off, m.num_params - head_off, cfg.optim.head_lr, cfg.optim.head_wd);
+    tsr_adamw_add_group(&opt_m, head_off, m.num_params - head_off, cfg->optim.head_lr, cfg->optim.head_wd);
     trainable += m.num_params - head_off;
     if (tr.blocks) {
-        tsr_adamw_add_group(&opt_m, 0, head_off, cfg.optim.backbone_lr, cfg.optim.backbone_wd);
+        tsr_adamw_add_group(&opt_m, 0, head_off, cfg->optim.backbone_lr, cfg->optim.backbone_wd);
         trainable += head_off;
     }
     if (use_ad) {
         tsr_adamw_init(&opt_ad, ad.num_params, 0.9, 0.999, 1e-8);
         if (!z_only) {
-            if (ad.off_bias > 0) tsr_adamw_add_group(&opt_ad, 0, ad.off_bias, cfg.optim.adapter_lr, cfg.optim.adapter_wd);
-            if (ad.off_Z > ad.off_bias) tsr_adamw_add_group(&opt_ad, ad.off_bias, ad.off_Z - ad.off_bias, cfg.optim.adapter_lr, 0);
+            if (ad.off_bias > 0) tsr_adamw_add_group(&opt_ad, 0, ad.off_bias, cfg->optim.adapter_lr, cfg->optim.adapter_wd);
+            if (ad.off_Z > ad.off_bias) tsr_adamw_add_group(&opt_ad, ad.off_bias, ad.off_Z - ad.off_bias, cfg->optim.adapter_lr, 0);
             trainable += ad.off_Z;
         }
         if (ad.num_params > ad.off_Z) {
-            tsr_adamw_add_group(&opt_ad, ad.off_Z, ad.num_params - ad.off_Z, cfg.optim.routing_lr, cfg.optim.routing_wd);
+            tsr_adamw_add_group(&opt_ad, ad.off_Z, ad.num_params - ad.off_Z, cfg->optim.routing_lr, cfg->optim.routing_wd);
             trainable += ad.num_params - ad.off_Z;
         }
         if (mop && mo.nbias) {
             tsr_adamw_init(&opt_mb, mo.nbias, 0.9, 0.999, 1e-8);
-            tsr_adamw_add_group(&opt_mb, 0, mo.nbias, cfg.optim.adapter_lr, 0);
+            tsr_adamw_add_group(&opt_mb, 0, mo.nbias, cfg->optim.adapter_lr, 0);
             trainable += mo.nbias;
         }
     }
     tsr_info("method: mode %s, adapter %s, routing %s%s, %d modules, trainable parameters %zu (backbone %zu)",
-             cfg.adapt.mode, use_ad ? cfg.adapter.kind : "none", use_ad ? cfg.adapter.routing : "none",
-             mop ? (cfg.mosa.baseline ? ", sparse baseline" : ", MoSA") : "", use_ad ? ad.n_mod : 0, trainable,
+             cfg->adapt.mode, use_ad ? cfg->adapter.kind : "none", use_ad ? cfg->adapter.routing : "none",
+             mop ? (cfg->mosa.baseline ? ", sparse baseline" : ", MoSA") : "", use_ad ? ad.n_mod : 0, trainable,
              m.num_params);
 
     /* the flat vector of everything trained: synchronised by one all-reduce per step */
@@ -843,7 +877,7 @@ int tsr_cmd_adapt(int argc, char **argv) {
      * reduce-scattered, each rank's AdamW updates (and keeps moments for) its slice only, parameters are
      * all-gathered. Implemented by cutting every AdamW group down to this rank's slice: the moments of
      * other slices are never touched (their pages are never resident). */
-    int sharded = R > 1 && strcmp(cfg.train.sync, "sharded") == 0;
+    int sharded = R > 1 && strcmp(cfg->train.sync, "sharded") == 0;
     size_t soff = 0, slen = nsync;
     if (sharded) {
         tsr_dist_slice(nsync, me, &soff, &slen);
@@ -877,10 +911,72 @@ int tsr_cmd_adapt(int argc, char **argv) {
         tsr_info("optimizer: sharded over %d ranks (rank 0 updates %zu of %zu values)", R, slen, nsync);
     }
 
-    long steps = cfg.train.steps, start_step = 0;
+    if (topt->grad_examples > 0) {
+        if (!use_suite || !use_ad || ad.off_Z == 0) {
+            tsr_log(TSR_LOG_ERROR, "task gradients need a suite (data.dataset: suite) and adapters with parameters");
+            goto out;
+        }
+        size_t P = ad.off_Z, per = (size_t)vc.channels * vc.image_size * vc.image_size;
+        int nl = 0;
+        for (int t = 0; t < ntasks; t++) nl += mine[t];
+        double *rows = tsr_calloc((size_t)(nl > 0 ? nl : 1) * P, sizeof(double));
+        float *x = tsr_malloc(sizeof(float) * per * B);
+        int *y = tsr_malloc(sizeof(int) * B), *tid = tsr_malloc(sizeof(int) * B), li = 0;
+        for (int t = 0; t < ntasks; t++) {
+            if (!mine[t]) continue;
+            int lt = st.local[t];
+            int64_t n = tsr_loader_count(&st.train, lt);
+            if (n > topt->grad_examples) n = topt->grad_examples;
+            double *row = rows + (size_t)li * P;
+            for (int64_t s0 = 0; s0 < n; s0 += B) {
+                int b = (int)(n - s0 < B ? n - s0 : B);
+                for (int i = 0; i < b; i++) {
+                    if (tsr_loader_get(&st.train, lt, s0 + i, x + (size_t)i * per, &y[i]) != 0) tsr_fatal("%s", tsr_last_error());
+                    y[i] += st.label_off[t];
+                    tid[i] = t;
+                }
+                tsr_vit_zero_grad(&m);
+                tsr_adapters_zero_grad(&ad);
+                tsr_adapt_loss_grad(&m, &ad, NULL, &tr, x, y, tid, b, 0, (uint64_t)cfg->run.seed, 0, NULL);
+                for (size_t j = 0; j < P; j++) row[j] += (double)ad.grads[j] * b / (double)n; /* mean over n */
+            }
+            li++;
+        }
+        free(x);
+        free(y);
+        free(tid);
+        if (res) {
+            memset(res, 0, sizeof *res);
+            res->grad_rows = rows;
+            res->grad_P = P;
+            res->grad_ntasks = ntasks;
+            res->trainable = trainable;
+            size_t nz = ad.num_params - ad.off_Z, cols = (size_t)ad.cfg.heads * ad.cfg.skills;
+            if (nz > 0 && ad.cfg.skills > 1) {
+                res->routing = tsr_malloc(sizeof(float) * nz);
+                memcpy(res->routing, ad.params + ad.off_Z, sizeof(float) * nz);
+                res->routing_cols = (int)cols;
+                res->routing_modules = (int)(nz / (cols * (size_t)ntasks));
+            }
+        } else free(rows);
+        rc = 0;
+        goto out;
+    }
+
+    long steps = cfg->train.steps, start_step = 0;
+    if (res) {
+        memset(res, 0, sizeof *res);
+        size_t ne = (size_t)(steps / cfg->train.eval_every + 2);
+        res->eval_step = tsr_calloc(ne, sizeof(long));
+        res->train_loss = tsr_calloc(ne, sizeof(double));
+        res->val_accuracy = tsr_calloc(ne, sizeof(double));
+        res->test_accuracy = tsr_calloc(ne, sizeof(double));
+        res->best_val_accuracy = res->test_at_best_val = res->test_accuracy_final = NAN;
+        res->best_val_step = -1;
+    }
     double first_loss = NAN, last_loss = NAN;
     if (resume) {
-        long got = ckpt_load_latest(cfg.run.output_dir, &m, use_ad ? &ad : NULL, mop, &opt_m, use_ad ? &opt_ad : NULL,
+        long got = ckpt_load_latest(cfg->run.output_dir, &m, use_ad ? &ad : NULL, mop, &opt_m, use_ad ? &opt_ad : NULL,
                                     opt_mb.m ? &opt_mb : NULL, &first_loss);
         if (got < 0) {
             tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
@@ -888,11 +984,11 @@ int tsr_cmd_adapt(int argc, char **argv) {
         }
         start_step = got;
         if (got > 0) tsr_info("resume: from the checkpoint of step %ld", got);
-        else tsr_info("resume: no complete checkpoint in %s/checkpoints: starting at step 0", cfg.run.output_dir);
+        else tsr_info("resume: no complete checkpoint in %s/checkpoints: starting at step 0", cfg->run.output_dir);
     }
-    snprintf(curve_path, sizeof curve_path, "%s/train_log.csv", cfg.run.output_dir);
+    snprintf(curve_path, sizeof curve_path, "%s/train_log.csv", cfg->run.output_dir);
     snprintf(curve_tmp, sizeof curve_tmp, "%s.tmp", curve_path);
-    if (me == 0) {
+    if (me == 0 && !quiet) {
         if (start_step > 0) curve_keep_until(curve_path, start_step);
         curve = fopen(curve_path, start_step > 0 ? "a" : "w");
         if (!curve) {
@@ -916,7 +1012,7 @@ int tsr_cmd_adapt(int argc, char **argv) {
 
     for (long step = start_step; step < steps; step++) {
         /* this rank's share of the global batch */
-        int Bl = sampler_local(&sp, (uint64_t)cfg.run.seed, step, B, me, tb, exi, slot);
+        int Bl = sampler_local(&sp, (uint64_t)cfg->run.seed, step, B, me, tb, exi, slot);
         for (int i = 0; i < Bl; i++) {
             int t = tb[i];
             if (use_suite) {
@@ -930,18 +1026,18 @@ int tsr_cmd_adapt(int argc, char **argv) {
                 memcpy(xb + (size_t)i * per, train.x + (size_t)e * per, sizeof(float) * per);
                 yb[i] = ts.perm[(size_t)t * K + train.y[e]];
             }
-            if (cfg.data.augment)
-                augment_one(xb + (size_t)i * per, vc.channels, vc.image_size, (uint64_t)cfg.run.seed, step, slot[i],
-                            cfg.data.flip, tmp_img);
+            if (cfg->data.augment)
+                augment_one(xb + (size_t)i * per, vc.channels, vc.image_size, (uint64_t)cfg->run.seed, step, slot[i],
+                            cfg->data.flip, tmp_img);
         }
-        double lrf = tsr_lr_schedule(step, steps, cfg.train.warmup_steps, 1.0, 0.0);
+        double lrf = tsr_lr_schedule(step, steps, cfg->train.warmup_steps, 1.0, 0.0);
         tsr_vit_zero_grad(&m);
         if (use_ad) tsr_adapters_zero_grad(&ad);
         if (mop && mo.nbias) memset(mo.bias_grads, 0, sizeof(float) * mo.nbias);
         double lsum = 0;
         if (Bl > 0) {
             double loss = tsr_adapt_loss_grad(&m, use_ad ? &ad : NULL, mop, &tr, xb, yb, tb, Bl, step,
-                                              (uint64_t)cfg.run.seed, mop ? cfg.mosa.consistency : 0, NULL);
+                                              (uint64_t)cfg->run.seed, mop ? cfg->mosa.consistency : 0, NULL);
             lsum = loss * Bl;
         }
         /* fault injection for the tests: a NaN loss on the last rank at a given step */
@@ -965,7 +1061,7 @@ int tsr_cmd_adapt(int argc, char **argv) {
         }
         if (!isfinite(loss)) {
             tsr_log(TSR_LOG_ERROR, "adapt: loss is %g at step %ld: diverged (HINT: lower optim.*_lr); the last good "
-                    "checkpoint (if any) is kept in %s/checkpoints", loss, step, cfg.run.output_dir);
+                    "checkpoint (if any) is kept in %s/checkpoints", loss, step, cfg->run.output_dir);
             goto out;
         }
         if (step == 0) first_loss = loss;
@@ -974,8 +1070,8 @@ int tsr_cmd_adapt(int argc, char **argv) {
         for (size_t i = soff; i < soff + slen; i++) gsq += (double)sync[i] * sync[i];
         if (sharded) tsr_dist_allreduce_sum_f64(&gsq, 1);
         double gn = sqrt(gsq);
-        if (cfg.train.grad_clip > 0 && gn > cfg.train.grad_clip) {
-            float sc = (float)(cfg.train.grad_clip / (gn + 1e-6));
+        if (cfg->train.grad_clip > 0 && gn > cfg->train.grad_clip) {
+            float sc = (float)(cfg->train.grad_clip / (gn + 1e-6));
             for (int k = 0; k < 3; k++)
                 for (size_t i = 0; i < lens[k]; i++) bufs[k][i] *= sc;
         }
@@ -1000,21 +1096,38 @@ int tsr_cmd_adapt(int argc, char **argv) {
         n_win++;
 
         int last = step + 1 == steps;
-        int do_eval = (step + 1) % cfg.train.eval_every == 0 || last;
-        if ((step + 1) % cfg.train.log_every == 0 || do_eval) {
+        int do_eval = (step + 1) % cfg->train.eval_every == 0 || last;
+        if ((step + 1) % cfg->train.log_every == 0 || do_eval) {
             double now = tsr_time(), ips = n_win * B / (now - t_win), acc = NAN;
             double eta = (steps - step - 1) * (now - t_start) / (step + 1 - start_step);
-            int64_t lim = last ? (cfg.train.eval_limit > 0 ? cfg.train.eval_limit : 0) : 1000;
-            if (do_eval)
-                acc = use_suite ? suite_evaluate(&m, use_ad ? &ad : NULL, mop, &st, eval_mine, lim, per_task)
+            int64_t lim = last ? (cfg->train.eval_limit > 0 ? cfg->train.eval_limit : 0) : 1000;
+            double vacc = NAN;
+            if (do_eval) {
+                acc = use_suite ? suite_evaluate(&m, use_ad ? &ad : NULL, mop, &st, &st.test, eval_mine, lim, per_task)
                                 : evaluate(&m, use_ad ? &ad : NULL, mop, &test, &ts, eval_mine, lim > 0 ? lim : test.n,
                                            per_task);
+                if (use_suite && st.want_val)
+                    vacc = suite_evaluate(&m, use_ad ? &ad : NULL, mop, &st, &st.val, eval_mine, 0, per_task);
+            }
             last_loss = loss_win / n_win; /* reported: the mean over the last logging window */
+            if (do_eval && res) {
+                int k = res->n_eval++;
+                res->eval_step[k] = step + 1;
+                res->train_loss[k] = last_loss;
+                res->val_accuracy[k] = vacc;
+                res->test_accuracy[k] = acc;
+                if (isfinite(vacc) && !(vacc <= res->best_val_accuracy)) {
+                    res->best_val_accuracy = vacc;
+                    res->best_val_step = step + 1;
+                    res->test_at_best_val = acc;
+                }
+                if (last) res->test_accuracy_final = acc;
+            }
             tsr_info("step %6ld/%ld  loss %.4f  lr x%.3f  |g| %.3f  %7.1f img/s  ETA %4.0f s", step + 1, steps,
                      last_loss, lrf, gn, ips, eta);
             if (do_eval)
                 tsr_info("eval  %6ld  mean test accuracy over %d tasks %.4f (%s)", step + 1, ntasks, acc,
-                         last && cfg.train.eval_limit == 0 ? "full test set" : "first test images");
+                         last && cfg->train.eval_limit == 0 ? "full test set" : "first test images");
             if (curve) {
                 fprintf(curve, "%ld,%.6f,%.6f,%.6f,%.6f,%.2f\n", step + 1, lrf, loss_win / n_win, gn, acc, ips);
                 fflush(curve);
@@ -1024,7 +1137,11 @@ int tsr_cmd_adapt(int argc, char **argv) {
             t_win = tsr_time();
         }
         int stop = tsr_dist_stop_requested();
-        if ((cfg.run.checkpoint_every > 0 && (step + 1) % cfg.run.checkpoint_every == 0) || stop) {
+        if (stop && quiet) { /* a sweep entry: abandoned, not recorded */
+            stopped = 1;
+            break;
+        }
+        if (!quiet && ((cfg->run.checkpoint_every > 0 && (step + 1) % cfg->run.checkpoint_every == 0) || stop)) {
             if (sharded) /* the moments of every slice to rank 0, which writes the checkpoint */
                 for (int mv = 0; mv < 2; mv++) {
                     o = 0;
@@ -1042,7 +1159,7 @@ int tsr_cmd_adapt(int argc, char **argv) {
                         o += lens[k];
                     }
                 }
-            if (ckpt_save(cfg.run.output_dir, step + 1, (int)cfg.run.keep_checkpoints, &m, use_ad ? &ad : NULL, mop,
+            if (ckpt_save(cfg->run.output_dir, step + 1, (int)cfg->run.keep_checkpoints, &m, use_ad ? &ad : NULL, mop,
                           &opt_m, use_ad ? &opt_ad : NULL, opt_mb.m ? &opt_mb : NULL, first_loss, cfg_text) != 0) {
                 tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
                 goto out;
@@ -1050,7 +1167,7 @@ int tsr_cmd_adapt(int argc, char **argv) {
         }
         if (stop) {
             tsr_info("adapt: stop signal: checkpoint of step %ld written in %s/checkpoints; resubmit with --resume",
-                     step + 1, cfg.run.output_dir);
+                     step + 1, cfg->run.output_dir);
             stopped = 1;
             break;
         }
@@ -1063,7 +1180,7 @@ int tsr_cmd_adapt(int argc, char **argv) {
         curve = NULL;
     }
     if (stopped) {
-        if (me == 0 && getenv("SLURM_JOB_ID")) { /* submitit's way: requeue the job, it resumes */
+        if (!quiet && me == 0 && getenv("SLURM_JOB_ID")) { /* submitit's way: requeue the job, it resumes */
             char cmd[128];
             snprintf(cmd, sizeof cmd, "scontrol requeue %s", getenv("SLURM_JOB_ID"));
             if (system(cmd) != 0) tsr_warn("could not requeue: '%s' failed", cmd);
@@ -1071,7 +1188,13 @@ int tsr_cmd_adapt(int argc, char **argv) {
         rc = TSR_EXIT_REQUEUE;
         goto out;
     }
-    if (me != 0) {
+    if (res) {
+        res->first_loss = first_loss;
+        res->last_loss = last_loss;
+        res->trainable = trainable;
+        res->wall_time = tsr_time() - t_begin;
+    }
+    if (me != 0 || quiet) {
         rc = 0;
         goto out;
     }
@@ -1082,7 +1205,7 @@ int tsr_cmd_adapt(int argc, char **argv) {
     const char *keys[] = {"tessera_version", "git_commit", "config", "trainable_parameters", "first_loss", "last_loss"};
     const char *vals[] = {TSR_VERSION, TSR_GIT_COMMIT, cfg_text, tp, fl, ll};
     if (use_ad) {
-        snprintf(path, sizeof path, "%s/adapters.safetensors", cfg.run.output_dir);
+        snprintf(path, sizeof path, "%s/adapters.safetensors", cfg->run.output_dir);
         if (mop) tsr_mosa_swap_merged(mop, 1); /* one dense adapter: the mean over modules */
         int w = tsr_adapters_save(&ad, path, 6, keys, vals);
         if (mop) tsr_mosa_swap_merged(mop, 0);
@@ -1091,19 +1214,18 @@ int tsr_cmd_adapt(int argc, char **argv) {
             goto out;
         }
     }
-    snprintf(path, sizeof path, "%s/model.safetensors", cfg.run.output_dir);
+    snprintf(path, sizeof path, "%s/model.safetensors", cfg->run.output_dir);
     if (tsr_ckpt_save_vit(&m, path, TSR_NAMING_TIMM, 6, keys, vals) != 0) {
         tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
         goto out;
     }
     tsr_info("adapt: loss %.4f -> %.4f; wrote %s/{%smodel.safetensors,train_log.csv,config.yaml} (%.1f s)", first_loss,
-             last_loss, cfg.run.output_dir, use_ad ? "adapters.safetensors," : "", tsr_time() - t_start);
+             last_loss, cfg->run.output_dir, use_ad ? "adapters.safetensors," : "", tsr_time() - t_start);
     rc = 0;
 out:
     if (curve) fclose(curve);
     free(sync);
-    free(args);
-    free(sets); free(cfg_text); free(per_task); free(xb); free(yb); free(tb);
+    free(per_task); free(xb); free(yb); free(tb);
     tsr_imageset_free(&train);
     tsr_imageset_free(&test);
     if (ts.perm) tasks_free(&ts);

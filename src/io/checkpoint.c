@@ -222,6 +222,7 @@ int tsr_ckpt_load_vit(tsr_vit *m, const char *path, int allow_missing_head) {
     char *used = tsr_calloc((size_t)f.n + 1, 1);
     for (int i = 0; i < n; i++) {
         int is_head = strstr(e[i].name, "head.") == e[i].name || strstr(e[i].name, "classifier.") == e[i].name;
+        if (is_head && allow_missing_head == 2) continue; /* a new head: the file's is ignored */
         const tsr_st_tensor *t = tsr_st_find(&f, e[i].name);
         if (!t) {
             if (is_head && allow_missing_head) continue;
@@ -253,6 +254,7 @@ int tsr_ckpt_load_vit(tsr_vit *m, const char *path, int allow_missing_head) {
         if (used[i]) continue;
         const char *nmi = f.t[i].name;
         if (strstr(nmi, "pooler.") == nmi || strstr(nmi, "vit.pooler.") == nmi) continue; /* unused by ViT */
+        if (allow_missing_head == 2 && (strstr(nmi, "head.") == nmi || strstr(nmi, "classifier.") == nmi)) continue;
         tsr_error("%s: unexpected tensor '%s': it belongs to no part of a ViT with depth %d in %s naming", path,
                   nmi, m->cfg.depth, nm == TSR_NAMING_TIMM ? "timm" : "Hugging Face");
         goto out;

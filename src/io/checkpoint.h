@@ -18,8 +18,9 @@ int tsr_ckpt_detect(const char *path, tsr_naming *naming);
 int tsr_ckpt_read_hf_config(const char *json_path, tsr_vit_config *c);
 /* Sizes that the tensors of a checkpoint imply (all but heads and ln_eps, which stay as in *c). */
 int tsr_ckpt_infer_config(const char *path, tsr_vit_config *c);
-/* Load weights into m (created with the right config). allow_missing_head: a backbone without a
- * classifier (Hugging Face ImageNet-21k files) keeps the head already in m. 0 / -1 (tsr_error). */
+/* Load weights into m (created with the right config). allow_missing_head 1: a backbone without a
+ * classifier (Hugging Face ImageNet-21k files) keeps the head already in m; 2: the file's classifier
+ * (of any shape) is ignored and m keeps its own head (a new head for new tasks). 0 / -1 (tsr_error). */
 int tsr_ckpt_load_vit(tsr_vit *m, const char *path, int allow_missing_head);
 /* Write m's weights (F32) in the given naming, atomically, with metadata pairs (may be 0). */
 int tsr_ckpt_save_vit(const tsr_vit *m, const char *path, tsr_naming naming, int nmeta,

@@ -641,6 +641,13 @@ static int load_set(loader *L, const char *arg) {
 
 int cfg_load(void *dst, const cfg_field *schema, int nfields, const char *path, int nset,
              char *const *sets) {
+    return cfg_load_files(dst, schema, nfields, path ? &path : NULL, path ? 1 : 0, nset, sets);
+}
+
+int cfg_load_files(void *dst, const cfg_field *schema, int nfields, const char *const *paths, int npaths, int nset,
+                   char *const *sets) {
+    const char *path = npaths > 0 ? paths[npaths - 1] : NULL;
+    if (npaths < 0 || (npaths > 0 && !paths)) return tsr_error("cfg_load: invalid arguments");
     if (!dst || nfields < 0 || (nfields > 0 && !schema) || nset < 0 || (nset > 0 && !sets))
         return tsr_error("cfg_load: invalid arguments");
     if (check_schema(schema, nfields)) return -1;
@@ -655,7 +662,8 @@ int cfg_load(void *dst, const cfg_field *schema, int nfields, const char *path, 
     L.given = tsr_calloc((size_t)(nfields > 0 ? nfields : 1), sizeof *L.given);
     int rc = -1;
     if (load_defaults(&L)) goto out;
-    if (path && load_file(&L, path)) goto out;
+    for (int i = 0; i < npaths; i++)
+        if (paths[i] && load_file(&L, paths[i])) goto out;
     for (int i = 0; i < nset; i++) {
         if (!sets[i]) { tsr_error("--set: missing argument"); goto out; }
         if (load_set(&L, sets[i])) goto out;

@@ -77,6 +77,9 @@ typedef struct {
 int cfg_load(void *dst, const cfg_field *schema, int nfields, const char *path, int nset,
              char *const *sets);
 
+/* The same with several YAML files applied in order (a later file's keys win), then the overrides. */
+int cfg_load_files(void *dst, const cfg_field *schema, int nfields, const char *const *paths, int npaths, int nset,
+                   char *const *sets);
 /* The resolved configuration as YAML text (nested mappings in schema order of first appearance,
  * one comment line per key from help; strings double-quoted and escaped; floats in the shortest
  * form that reads back exactly, always with a '.' so that YAML 1.1 readers see a float),

@@ -135,6 +135,34 @@ const cfg_field tsr_config_schema[] = {
     F("run.keep_checkpoints", CFG_INT, run.keep_checkpoints, 1, 1000, NULL, "2", "complete checkpoints kept"),
     F("run.init", CFG_STRING, run.init, 1, 0, NULL, "\"\"",
       "initial weights: \"\" = random initialisation, otherwise a checkpoint path"),
+    F("run.reset_head", CFG_BOOL, run.reset_head, 1, 0, NULL, "false",
+      "ignore run.init's classifier and start from a zero head of model.num_classes outputs (new tasks)"),
+    /* fewshot */
+    F("fewshot.methods", CFG_STRING_LIST, fewshot.methods, 1, 0, NULL,
+      "[lora, shared_lora, poly, mhr, mhr_z, mhr_mu, adapter, mosa, probe, full]",
+      "tessera fewshot: methods of the sweep (docs/FEWSHOT.md lists the names)"),
+    F("fewshot.tasks", CFG_STRING_LIST, fewshot.tasks, 1, 0, NULL, "[]",
+      "tasks of the sweep ([] = suite.heldout)"),
+    F("fewshot.shots", CFG_INT_LIST, fewshot.shots, 1, 1e6, NULL, "[1, 5]", "training examples per class"),
+    F("fewshot.seeds", CFG_INT_LIST, fewshot.seeds, 0, 2147483647.0, NULL, "[0, 1]", "seeds of the sweep"),
+    F("fewshot.pretrained", CFG_STRING, fewshot.pretrained, 1, 0, NULL, "\"runs/glyphs\"",
+      "directory of tessera pretrain runs: DIR/<method>/adapters.safetensors"),
+    F("fewshot.method_dir", CFG_STRING, fewshot.method_dir, 1, 0, NULL, "\"configs/methods\"",
+      "method configurations DIR/<name>.yaml"),
+    F("fewshot.results", CFG_STRING, fewshot.results, 1, 0, NULL, "\"\"",
+      "results file (\"\" = run.output_dir/results.nc)"),
+    F("fewshot.set", CFG_STRING_LIST, fewshot.set, 1, 0, NULL, "[]",
+      "per-method overrides \"method:key=value\""),
+    /* analyze */
+    F("analyze.methods", CFG_STRING_LIST, analyze.methods, 1, 0, NULL, "[lora, poly, mhr]",
+      "tessera analyze: pre-trained runs compared (fewshot.pretrained/<method>)"),
+    F("analyze.examples", CFG_INT, analyze.examples, 1, 1e9, NULL, "64",
+      "training examples per task averaged into its gradient"),
+    F("analyze.grid", CFG_INT_LIST, analyze.grid, 0, 65536, NULL, "[0, 0]",
+      "BLACS process grid [rows, cols] ([0, 0] = near-square over all ranks)"),
+    F("analyze.block", CFG_INT, analyze.block, 1, 65536, NULL, "4", "block-cyclic block size"),
+    F("analyze.results", CFG_STRING, analyze.results, 1, 0, NULL, "\"\"",
+      "alignment file (\"\" = run.output_dir/alignment.nc)"),
 };
 
 const int tsr_config_nfields = (int)(sizeof tsr_config_schema / sizeof tsr_config_schema[0]);
@@ -161,8 +189,13 @@ static int cross_checks(const tsr_config *c, const char *src) {
 }
 
 int tsr_config_load(tsr_config *c, const char *path, int nset, char *const *sets) {
+    return tsr_config_load_files(c, path ? &path : NULL, path ? 1 : 0, nset, sets);
+}
+
+int tsr_config_load_files(tsr_config *c, const char *const *paths, int npaths, int nset, char *const *sets) {
+    const char *path = npaths > 0 ? paths[npaths - 1] : NULL;
     tsr_config *tmp = tsr_calloc(1, sizeof *tmp);
-    int rc = cfg_load(tmp, tsr_config_schema, tsr_config_nfields, path, nset, sets);
+    int rc = cfg_load_files(tmp, tsr_config_schema, tsr_config_nfields, paths, npaths, nset, sets);
     if (rc == 0) {
         char src[1100];
         snprintf(src, sizeof src, "%s%s", path ? path : "configuration",

@@ -93,7 +93,25 @@ typedef struct {
         char init[CFG_STR_MAX];       /* "" = random initialisation, otherwise a checkpoint path */
         long checkpoint_every;        /* steps between checkpoints (0 = only on a stop signal) */
         long keep_checkpoints;        /* complete checkpoints kept */
+        bool reset_head;              /* ignore run.init's classifier: a zero head for new tasks */
     } run;
+    struct {
+        cfg_string_list methods;      /* few-shot methods (docs/FEWSHOT.md) */
+        cfg_string_list tasks;        /* tasks of the sweep (empty = suite.heldout) */
+        cfg_int_list shots;           /* training examples per class */
+        cfg_int_list seeds;
+        char pretrained[CFG_STR_MAX]; /* directory of `tessera pretrain` runs: DIR/<method>/adapters.safetensors */
+        char method_dir[CFG_STR_MAX]; /* method configurations: DIR/<name>.yaml */
+        char results[CFG_STR_MAX];    /* results file ("" = run.output_dir/results.nc) */
+        cfg_string_list set;          /* per-method overrides "method:key=value" */
+    } fewshot;
+    struct {
+        cfg_string_list methods;      /* pre-trained runs analysed: fewshot.pretrained/<method> */
+        long examples;                /* training examples per task in each task's average gradient */
+        cfg_int_list grid;            /* BLACS process grid [rows, cols] ([0, 0] = near-square) */
+        long block;                   /* block-cyclic block size */
+        char results[CFG_STR_MAX];    /* alignment file ("" = run.output_dir/alignment.nc) */
+    } analyze;
 } tsr_config;
 
 extern const cfg_field tsr_config_schema[];
@@ -106,6 +124,9 @@ extern const int tsr_config_nfields;
  * Returns 0, or -1 with tsr_error naming the source and the keys. On error *c is unchanged; on
  * success the whole struct (padding included) is rewritten, so loaded configs compare with memcmp. */
 int tsr_config_load(tsr_config *c, const char *path, int nset, char *const *sets);
+
+/* The same with several files applied in order (a sweep's configuration, then a method's). */
+int tsr_config_load_files(tsr_config *c, const char *const *paths, int npaths, int nset, char *const *sets);
 
 /* The resolved configuration as commented YAML (malloc'ed; free with free()). Loads back through
  * tsr_config_load to the identical struct. */

@@ -1,0 +1,44 @@
+/* trainer.h: the parameter-efficient trainer behind `tessera adapt`, `tessera pretrain` and every entry
+ * of `tessera fewshot` (cmd_adapt.c). */
+#ifndef TSR_CMD_TRAINER_H
+#define TSR_CMD_TRAINER_H
+#include <stddef.h>
+
+#include "io/tsr_config.h"
+
+typedef struct {
+    int resume;   /* continue from the newest complete checkpoint in run.output_dir/checkpoints */
+    int quiet;    /* a sweep entry: no files written (curve, checkpoints, outputs), no requeue */
+    int want_val; /* suites: also evaluate the validation split at every evaluation point */
+    long grad_examples; /* > 0: no training; each rank computes, for the tasks t with t % ranks == rank,
+                           the mean loss gradient of the adapter parameters (routing logits excluded)
+                           over the task's first grad_examples training examples (tessera analyze) */
+} tsr_train_opts;
+
+typedef struct {
+    int n_eval;                /* evaluation points (every train.eval_every steps and the last) */
+    long *eval_step;           /* (n_eval) step after which each evaluation ran */
+    double *train_loss;        /* (n_eval) mean training loss of the logging window before it */
+    double *val_accuracy;      /* (n_eval) mean over tasks (NaN without want_val) */
+    double *test_accuracy;     /* (n_eval) mean over tasks (first 1000 test images before the last) */
+    double test_accuracy_final;  /* the last evaluation (train.eval_limit images, 0 = the whole split) */
+    double best_val_accuracy;  /* best val_accuracy, its step and the test accuracy there */
+    long best_val_step;
+    double test_at_best_val;
+    double first_loss, last_loss;
+    size_t trainable;          /* trained parameters (head included) */
+    double wall_time;          /* seconds, set-up included */
+    /* grad_examples > 0: */
+    double *grad_rows;         /* (this rank's tasks in increasing t, grad_P) */
+    size_t grad_P;             /* adapter parameters in each gradient */
+    int grad_ntasks;           /* tasks of the run (T) */
+    float *routing;            /* routed modules' logits, each (T, routing_cols), concatenated (NULL: none) */
+    int routing_modules, routing_cols;
+} tsr_train_result;
+
+/* Train as configured. cfg_text: the resolved configuration (stored in outputs). res may be NULL.
+ * Returns 0, TSR_EXIT_REQUEUE (stopped by a signal, checkpoint written unless quiet) or 1 (error,
+ * logged). Collective over tsr_world (a sweep entry runs with tsr_world narrowed to one rank). */
+int tsr_train_run(const tsr_config *cfg, const char *cfg_text, const tsr_train_opts *opts, tsr_train_result *res);
+void tsr_train_result_free(tsr_train_result *res);
+#endif

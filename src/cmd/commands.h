@@ -8,6 +8,8 @@ int tsr_cmd_adapt(int argc, char **argv); /* also `tessera pretrain` (the same t
 /* exit status of a run stopped by a signal after writing its checkpoint (resubmit with --resume) */
 #define TSR_EXIT_REQUEUE 3
 int tsr_cmd_prepare(int argc, char **argv);
+int tsr_cmd_fewshot(int argc, char **argv); /* few-shot sweeps (cmd_fewshot.c) */
+int tsr_cmd_analyze(int argc, char **argv); /* task gradient alignment (cmd_analyze.c) */
 /* Print the start-up banner (rank 0): version, BLAS and kernel, MPI, ranks x threads; warn when the BLAS
  * runs a generic kernel on AVX-512 hardware. Calls tsr_blas_init and tsr_dist_set_threads. 0 / -1. */
 int tsr_runtime_setup(int threads);

@@ -17,6 +17,11 @@ static void usage(FILE *f) {
             "  pretrain CONFIG [--set ...] [--resume]\n"
             "                                       the same under mpirun: tasks spread over ranks, gradients all-reduced,\n"
             "                                       checkpoints, stop on SIGUSR2/SIGTERM for requeue\n"
+            "  fewshot CONFIG [--set ...] [--shard I/N | --collect]\n"
+            "                                       few-shot sweep (methods x tasks x shots x seeds) over the ranks into one\n"
+            "                                       netCDF results file; rerun to resume\n"
+            "  analyze CONFIG [--set ...]           task gradient alignment of pre-trained adapters (ScaLAPACK) into a\n"
+            "                                       netCDF file\n"
             "  predict --checkpoint FILE --input FILE --output FILE [options]\n"
             "                                       logits of a backbone checkpoint (timm or Hugging Face naming)\n"
             "  prepare fashion-mnist|glyphs|folder  build a dataset (netCDF suite) from Debian packages or image folders\n"
@@ -38,6 +43,8 @@ int main(int argc, char **argv) {
     else if (strcmp(cmd, "train") == 0) fn = tsr_cmd_train;
     else if (strcmp(cmd, "adapt") == 0 || strcmp(cmd, "pretrain") == 0) fn = tsr_cmd_adapt;
     else if (strcmp(cmd, "prepare") == 0) fn = tsr_cmd_prepare;
+    else if (strcmp(cmd, "fewshot") == 0) fn = tsr_cmd_fewshot;
+    else if (strcmp(cmd, "analyze") == 0) fn = tsr_cmd_analyze;
     if (!fn) {
         fprintf(stderr, "tessera: unknown command '%s'\n\n", cmd);
         usage(stderr);

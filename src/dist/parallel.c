@@ -362,3 +362,63 @@ int tsr_dist_stop_requested(void) {
     int local = stop_flag ? 1 : 0;
     return tsr_dist_agree_fail(local);
 }
+
+/* ---------------------------------------------------------------- dynamic work distribution */
+struct tsr_dist_counter {
+    MPI_Win win;
+    long *base; /* rank 0: the counter; other ranks: no memory */
+    long local; /* world size 1 (or MPI not started): a plain counter */
+    int remote;
+};
+
+tsr_dist_counter *tsr_dist_counter_create(long start) {
+    tsr_dist_counter *c = tsr_calloc(1, sizeof *c);
+    c->local = start;
+    if (!mpi_started || tsr_world.size == 1) return c;
+    c->remote = 1;
+    MPI_Aint size = tsr_world.rank == 0 ? (MPI_Aint)sizeof(long) : 0;
+    MPI_CALL(MPI_Win_allocate, size, (int)sizeof(long), MPI_INFO_NULL, MPI_COMM_WORLD, &c->base, &c->win);
+    if (tsr_world.rank == 0) {
+        MPI_CALL(MPI_Win_lock, MPI_LOCK_EXCLUSIVE, 0, 0, c->win);
+        *c->base = start;
+        MPI_CALL(MPI_Win_unlock, 0, c->win);
+    }
+    MPI_CALL(MPI_Barrier, MPI_COMM_WORLD);
+    return c;
+}
+
+long tsr_dist_counter_next(tsr_dist_counter *c) {
+    if (!c->remote) return c->local++;
+    long one = 1, old = 0;
+    MPI_CALL(MPI_Win_lock, MPI_LOCK_SHARED, 0, 0, c->win);
+    MPI_CALL(MPI_Fetch_and_op, &one, &old, MPI_LONG, 0, 0, MPI_SUM, c->win);
+    MPI_CALL(MPI_Win_unlock, 0, c->win);
+    return old;
+}
+
+void tsr_dist_counter_free(tsr_dist_counter *c) {
+    if (!c) return;
+    if (c->remote) MPI_CALL(MPI_Win_free, &c->win);
+    free(c);
+}
+
+static tsr_dist saved_world;
+static int narrowed = 0;
+
+void tsr_dist_narrow_to_self(void) {
+    if (narrowed) tsr_fatal("tsr_dist_narrow_to_self: already narrowed");
+    saved_world = tsr_world;
+    narrowed = 1;
+    tsr_world.rank = 0;
+    tsr_world.size = 1;
+    tsr_world.local_rank = 0;
+    tsr_world.local_size = 1;
+}
+
+void tsr_dist_restore_world(void) {
+    if (!narrowed) return;
+    tsr_world = saved_world;
+    narrowed = 0;
+}
+
+int tsr_dist_stop_flag_local(void) { return stop_flag ? 1 : 0; }

@@ -74,4 +74,21 @@ size_t tsr_dist_chunk_bytes(void);
 void tsr_dist_install_stop_signals(void);
 /* At a step boundary: all ranks agree (allreduce max) whether any rank got a stop signal. Collective. */
 int tsr_dist_stop_requested(void);
+
+/* ---------------------------------------------------------------- dynamic work distribution
+ * A counter that ranks draw work items from, each at its own pace (no rank waits for another): MPI
+ * one-sided MPI_Fetch_and_op on a window held by rank 0 (passive target; with shared memory and RDMA
+ * networks rank 0 needs not take part; on transports without hardware atomics progress may need rank
+ * 0 to enter MPI, which it does between items). create and free are collective; next is not. */
+typedef struct tsr_dist_counter tsr_dist_counter;
+tsr_dist_counter *tsr_dist_counter_create(long start);
+long tsr_dist_counter_next(tsr_dist_counter *c); /* returns the counter and adds 1, atomically */
+void tsr_dist_counter_free(tsr_dist_counter *c);
+
+/* An independent work item on one rank: narrow tsr_world to this rank alone (size 1: every collective
+ * becomes local), then restore it. Not nested. */
+void tsr_dist_narrow_to_self(void);
+void tsr_dist_restore_world(void);
+/* Whether this rank got a stop signal (no communication). */
+int tsr_dist_stop_flag_local(void);
 #endif

@@ -1,0 +1,200 @@
+/* results_nc.c: the sweep's results file, written in parallel (netCDF-4 / HDF5 over MPI-IO).
+ *
+ * Besides src/dist/parallel.c this is the one file that names MPI: netCDF's parallel API takes the
+ * communicator (MPI_COMM_WORLD). Every variable uses independent access, so each rank writes the entries
+ * it ran whenever it finishes them; the file layout (dimensions, variables, fill values) and the final
+ * completion attributes are collective. No compression: HDF5 applies filters only to collective writes. */
+#include "io/results_nc.h"
+
+#include <math.h>
+#include <mpi.h>
+#include <netcdf.h>
+#include <netcdf_meta.h>
+#include <netcdf_par.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/common.h"
+#include "dist/parallel.h"
+
+#if !defined(NC_HAS_PARALLEL4) || !NC_HAS_PARALLEL4
+#error "netCDF was built without parallel netCDF-4: install libnetcdf-mpi-dev (see CMakeLists.txt)"
+#endif
+
+static const char *cur_path = "";
+#define NC(call)                                                                                          \
+    do {                                                                                                  \
+        int e_ = (call);                                                                                  \
+        if (e_ != NC_NOERR) return tsr_error("%s: %s (%s:%d)", cur_path, nc_strerror(e_), __FILE__, __LINE__); \
+    } while (0)
+
+static int def_names(int ncid, const char *dim, int n, const char *const *names, int *dimid) {
+    size_t w = 1;
+    for (int i = 0; i < n; i++)
+        if (strlen(names[i]) > w) w = strlen(names[i]);
+    char sdim[64];
+    snprintf(sdim, sizeof sdim, "%s_strlen", dim);
+    int ds;
+    NC(nc_def_dim(ncid, dim, (size_t)n, dimid));
+    NC(nc_def_dim(ncid, sdim, w, &ds));
+    int dims[2] = {*dimid, ds}, v;
+    NC(nc_def_var(ncid, dim, NC_CHAR, 2, dims, &v));
+    NC(nc_put_att_text(ncid, v, "_Encoding", 5, "utf-8"));
+    return 0;
+}
+
+static int put_names(int ncid, const char *dim, int n, const char *const *names) {
+    int v, d[2];
+    size_t w;
+    NC(nc_inq_varid(ncid, dim, &v));
+    NC(nc_inq_vardimid(ncid, v, d));
+    NC(nc_inq_dimlen(ncid, d[1], &w));
+    NC(nc_var_par_access(ncid, v, NC_INDEPENDENT));
+    if (tsr_world.rank != 0) return 0;
+    char *buf = tsr_calloc((size_t)n * w + 1, 1);
+    for (int i = 0; i < n; i++) memcpy(buf + (size_t)i * w, names[i], strlen(names[i]));
+    size_t st[2] = {0, 0}, ct[2] = {(size_t)n, w};
+    int e = nc_put_vara_text(ncid, v, st, ct, buf);
+    free(buf);
+    NC(e);
+    return 0;
+}
+
+static int def_var(int ncid, const char *name, nc_type t, int nd, const int *dims, const char *longname,
+                   const char *units, int *v) {
+    NC(nc_def_var(ncid, name, t, nd, dims, v));
+    if (t == NC_DOUBLE) {
+        double fv = NAN;
+        NC(nc_def_var_fill(ncid, *v, 0, &fv));
+    } else if (t == NC_FLOAT) {
+        float fv = NAN;
+        NC(nc_def_var_fill(ncid, *v, 0, &fv));
+    } else if (t == NC_INT) {
+        int fv = -1;
+        NC(nc_def_var_fill(ncid, *v, 0, &fv));
+    } else if (t == NC_INT64) {
+        long long fv = -1;
+        NC(nc_def_var_fill(ncid, *v, 0, &fv));
+    } else if (t == NC_BYTE) {
+        signed char fv = 0;
+        NC(nc_def_var_fill(ncid, *v, 0, &fv));
+    }
+    NC(nc_put_att_text(ncid, *v, "long_name", strlen(longname), longname));
+    if (units) NC(nc_put_att_text(ncid, *v, "units", strlen(units), units));
+    return 0;
+}
+
+int tsr_results_create(tsr_results_file *f, const char *path, const tsr_results_layout *L) {
+    memset(f, 0, sizeof *f);
+    f->ncid = -1;
+    cur_path = path;
+    f->M = L->M, f->T = L->T, f->K = L->K, f->S = L->S, f->E = L->E;
+    int ncid;
+    NC(nc_create_par(path, NC_NETCDF4 | NC_CLOBBER, MPI_COMM_WORLD, MPI_INFO_NULL, &ncid));
+    f->ncid = ncid;
+    int dm, dt, dk, ds, de, v;
+    if (def_names(ncid, "method", L->M, L->methods, &dm) || def_names(ncid, "task", L->T, L->tasks, &dt)) return -1;
+    NC(nc_def_dim(ncid, "shots", (size_t)L->K, &dk));
+    NC(nc_def_dim(ncid, "seed", (size_t)L->S, &ds));
+    NC(nc_def_dim(ncid, "eval_step", (size_t)L->E, &de));
+    NC(nc_def_var(ncid, "shots", NC_INT, 1, &dk, &v));
+    NC(nc_put_att_text(ncid, v, "long_name", 27, "training examples per class"));
+    NC(nc_def_var(ncid, "seed", NC_INT, 1, &ds, &v));
+    NC(nc_put_att_text(ncid, v, "long_name", 11, "random seed"));
+    NC(nc_def_var(ncid, "eval_step", NC_INT, 1, &de, &v));
+    NC(nc_put_att_text(ncid, v, "long_name", 37, "training step after which it evaluated"));
+    int d4[5] = {dm, dt, dk, ds, de};
+    if (def_var(ncid, "status", NC_BYTE, 4, d4, "entry state", NULL, &f->v_status)) return -1;
+    signed char fl[2] = {0, 1};
+    NC(nc_put_att_schar(ncid, f->v_status, "flag_values", NC_BYTE, 2, fl));
+    NC(nc_put_att_text(ncid, f->v_status, "flag_meanings", 12, "not_run done"));
+    if (def_var(ncid, "test_accuracy", NC_DOUBLE, 4, d4, "test accuracy after the last step", "1", &f->v_test) ||
+        def_var(ncid, "best_val_accuracy", NC_DOUBLE, 4, d4, "best validation accuracy over the evaluations", "1",
+                &f->v_bestval) ||
+        def_var(ncid, "best_val_step", NC_INT, 4, d4, "step of the best validation accuracy", NULL, &f->v_bestval_step) ||
+        def_var(ncid, "test_accuracy_at_best_val", NC_DOUBLE, 4, d4, "test accuracy at the best validation accuracy",
+                "1", &f->v_test_at_best) ||
+        def_var(ncid, "final_train_loss", NC_DOUBLE, 4, d4, "mean training loss over the last logging window", NULL,
+                &f->v_loss) ||
+        def_var(ncid, "trainable_parameters", NC_INT64, 4, d4, "parameters trained (head included)", NULL, &f->v_params) ||
+        def_var(ncid, "wall_time", NC_DOUBLE, 4, d4, "time the entry took", "s", &f->v_wall) ||
+        def_var(ncid, "rank", NC_INT, 4, d4, "MPI rank that ran the entry", NULL, &f->v_rank) ||
+        def_var(ncid, "train_loss", NC_FLOAT, 5, d4, "training loss curve", NULL, &f->v_curve_loss) ||
+        def_var(ncid, "val_accuracy", NC_FLOAT, 5, d4, "validation accuracy curve", "1", &f->v_curve_val) ||
+        def_var(ncid, "test_accuracy_curve", NC_FLOAT, 5, d4, "test accuracy curve", "1", &f->v_curve_test))
+        return -1;
+    for (int i = 0; i < L->nattr; i++)
+        NC(nc_put_att_text(ncid, NC_GLOBAL, L->attr_keys[i], strlen(L->attr_vals[i]), L->attr_vals[i]));
+    NC(nc_put_att_text(ncid, NC_GLOBAL, "sweep_status", 7, "partial"));
+    long long tot = (long long)L->M * L->T * L->K * L->S, zero = 0;
+    NC(nc_put_att_longlong(ncid, NC_GLOBAL, "entries_total", NC_INT64, 1, &tot));
+    NC(nc_put_att_longlong(ncid, NC_GLOBAL, "entries_done", NC_INT64, 1, &zero));
+    NC(nc_enddef(ncid));
+    int vars[] = {f->v_status, f->v_test, f->v_bestval, f->v_bestval_step, f->v_test_at_best, f->v_loss,
+                  f->v_params, f->v_wall, f->v_rank, f->v_curve_loss, f->v_curve_val, f->v_curve_test};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) NC(nc_var_par_access(ncid, vars[i], NC_INDEPENDENT));
+    if (put_names(ncid, "method", L->M, L->methods) || put_names(ncid, "task", L->T, L->tasks)) return -1;
+    const char *cn[3] = {"shots", "seed", "eval_step"};
+    const long *cv[3] = {L->shots, L->seeds, L->eval_steps};
+    int cl[3] = {L->K, L->S, L->E};
+    for (int c = 0; c < 3; c++) {
+        NC(nc_inq_varid(ncid, cn[c], &v));
+        NC(nc_var_par_access(ncid, v, NC_INDEPENDENT));
+        if (tsr_world.rank == 0) {
+            int *buf = tsr_malloc(sizeof(int) * (size_t)(cl[c] > 0 ? cl[c] : 1));
+            for (int i = 0; i < cl[c]; i++) buf[i] = (int)cv[c][i];
+            size_t st = 0, ct = (size_t)cl[c];
+            int e = nc_put_vara_int(ncid, v, &st, &ct, buf);
+            free(buf);
+            NC(e);
+        }
+    }
+    return 0;
+}
+
+int tsr_results_put(tsr_results_file *f, int m, int t, int k, int s, const tsr_results_entry *e) {
+    int ncid = f->ncid;
+    size_t st[5] = {(size_t)m, (size_t)t, (size_t)k, (size_t)s, 0}, one[5] = {1, 1, 1, 1, 1};
+    signed char done = 1;
+    int bvs = (int)e->best_val_step, rk = e->rank;
+    long long tp = (long long)e->trainable;
+    NC(nc_put_vara_schar(ncid, f->v_status, st, one, &done));
+    NC(nc_put_vara_double(ncid, f->v_test, st, one, &e->test_accuracy));
+    NC(nc_put_vara_double(ncid, f->v_bestval, st, one, &e->best_val_accuracy));
+    NC(nc_put_vara_int(ncid, f->v_bestval_step, st, one, &bvs));
+    NC(nc_put_vara_double(ncid, f->v_test_at_best, st, one, &e->test_at_best_val));
+    NC(nc_put_vara_double(ncid, f->v_loss, st, one, &e->final_train_loss));
+    NC(nc_put_vara_longlong(ncid, f->v_params, st, one, &tp));
+    NC(nc_put_vara_double(ncid, f->v_wall, st, one, &e->wall_time));
+    NC(nc_put_vara_int(ncid, f->v_rank, st, one, &rk));
+    int n = e->n_eval < f->E ? e->n_eval : f->E;
+    if (n > 0) {
+        float *buf = tsr_malloc(sizeof(float) * (size_t)n);
+        size_t ct[5] = {1, 1, 1, 1, (size_t)n};
+        const double *src[3] = {e->curve_loss, e->curve_val, e->curve_test};
+        int vv[3] = {f->v_curve_loss, f->v_curve_val, f->v_curve_test}, err = NC_NOERR;
+        for (int c = 0; c < 3 && err == NC_NOERR; c++) {
+            for (int i = 0; i < n; i++) buf[i] = (float)src[c][i];
+            err = nc_put_vara_float(ncid, vv[c], st, ct, buf);
+        }
+        free(buf);
+        NC(err);
+    }
+    return 0;
+}
+
+int tsr_results_close(tsr_results_file *f, long done, long total) {
+    if (f->ncid < 0) return 0;
+    int ncid = f->ncid;
+    f->ncid = -1;
+    const char *status = done == total ? "complete" : "partial";
+    long long d = done;
+    NC(nc_redef(ncid));
+    NC(nc_put_att_text(ncid, NC_GLOBAL, "sweep_status", strlen(status), status));
+    NC(nc_put_att_longlong(ncid, NC_GLOBAL, "entries_done", NC_INT64, 1, &d));
+    NC(nc_enddef(ncid));
+    NC(nc_close(ncid));
+    (void)total;
+    return 0;
+}

@@ -14,7 +14,7 @@ PKGS=(
   # data: fonts, images, Fashion-MNIST
   libfreetype-dev fontconfig fonts-noto-core libpng-dev libjpeg-dev libstb-dev dataset-fashion-mnist zlib1g-dev
   # PyTorch parity oracle and analysis (Debian's python3, not pip)
-  python3 python3-torch python3-numpy python3-netcdf4 python3-xarray python3-matplotlib python3-yaml
+  python3 python3-torch python3-numpy python3-scipy python3-netcdf4 python3-xarray python3-matplotlib python3-yaml
   # a real single-node Slurm for the end-to-end test
   slurmctld slurmd slurm-client munge
 )

@@ -269,6 +269,8 @@ int tsr_cmd_fewshot(int argc, char **argv) {
     entry_id *pending = NULL;
     long *eval_steps = NULL;
     unsigned char *done = NULL;
+    tsr_train_result *jres = NULL; /* rank 0: the journal's entries */
+    int *jrank = NULL;
     tsr_dist_counter *counter = NULL;
     tsr_results_file rf;
     memset(&rf, 0, sizeof rf);
@@ -343,7 +345,9 @@ int tsr_cmd_fewshot(int argc, char **argv) {
     /* the journal: which entries are finished (rank 0 reads it; every rank learns the mask) */
     long total = (long)M * T * K * S;
     done = tsr_calloc((size_t)total, 1);
-    if (me == 0) {
+    if (me == 0) { /* the finished entries' results stay with rank 0, which copies them into the file */
+        jres = tsr_calloc((size_t)total, sizeof *jres);
+        jrank = tsr_calloc((size_t)total, sizeof *jrank);
         long stale = 0, damaged = 0;
         for (long i = 0; i < total; i++) {
             int m = (int)(i / ((long)T * K * S)), t = (int)(i / ((long)K * S) % T), k = (int)(i / S % K), s = (int)(i % S);
@@ -354,12 +358,9 @@ int tsr_cmd_fewshot(int argc, char **argv) {
             char *t2 = entry_config(cfg_path, nset, sets, cfg, &ms[m], tasks[t], cfg->fewshot.shots.v[k],
                                     cfg->fewshot.seeds.v[s], ec, &fp);
             free(t2);
-            tsr_train_result r;
-            int rk, got = journal_read(jp, fp, &r, &rk, (int)E);
-            if (got == 1) {
-                done[i] = 1;
-                tsr_train_result_free(&r);
-            } else if (got == 0) stale++;
+            int got = journal_read(jp, fp, &jres[i], &jrank[i], (int)E);
+            if (got == 1) done[i] = 1;
+            else if (got == 0) stale++;
             else {
                 damaged++;
                 tsr_warn("fewshot: %s is damaged (%s): the entry runs again", jp, tsr_last_error());
@@ -425,20 +426,9 @@ int tsr_cmd_fewshot(int argc, char **argv) {
         for (long i = 0; me == 0 && i < total; i++) {
             if (!done[i]) continue;
             int m = (int)(i / ((long)T * K * S)), t = (int)(i / ((long)K * S) % T), k = (int)(i / S % K), s = (int)(i % S);
-            char jp[1600];
-            journal_path(jp, sizeof jp, jdir, ms[m].name, tasks[t], cfg->fewshot.shots.v[k], cfg->fewshot.seeds.v[s]);
-            uint64_t fp;
-            char *t2 = entry_config(cfg_path, nset, sets, cfg, &ms[m], tasks[t], cfg->fewshot.shots.v[k],
-                                    cfg->fewshot.seeds.v[s], ec, &fp);
-            free(t2);
-            tsr_train_result r;
-            int rk;
-            if (journal_read(jp, fp, &r, &rk, (int)E) == 1) {
-                tsr_results_entry e;
-                to_entry(&r, rk, &e);
-                if (tsr_results_put(&rf, m, t, k, s, &e) != 0) tsr_fatal("fewshot: %s", tsr_last_error());
-                tsr_train_result_free(&r);
-            }
+            tsr_results_entry e;
+            to_entry(&jres[i], jrank[i], &e);
+            if (tsr_results_put(&rf, m, t, k, s, &e) != 0) tsr_fatal("fewshot: %s", tsr_last_error());
         }
     }
 
@@ -537,6 +527,9 @@ out:
     tsr_dist_counter_free(counter);
     free(pending);
     free(eval_steps);
+    for (long i = 0; jres && done && i < (long)M * T * K * S; i++) tsr_train_result_free(&jres[i]);
+    free(jres);
+    free(jrank);
     free(done);
     free(ms);
     free(tasks);

@@ -111,7 +111,7 @@ grep -q '^tessera ' a.mpirun.out && grep -q '^mpi: ' a.mpirun.out || { echo "no 
 n=$(mpirun -n 2 --oversubscribe --allow-run-as-root printenv OMPI_COMM_WORLD_RANK | sort -u | wc -l)
 [ "$n" = 2 ] || { echo "mpirun -n 2 in the allocation started $n distinct ranks (want 2)"; exit 13; }
 echo "mpirun -n 2: ok"
-if srun --mpi=list 2>&1 | grep -q pmix; then
+if srun --mpi=list 2>&1 | grep -c pmix >/dev/null; then
   srun --mpi=pmix -n 2 "$TESSERA" version > a.srun.out 2>&1 || { cat a.srun.out; exit 14; }
   grep -q '^tessera ' a.srun.out || { echo "srun --mpi=pmix -n 2 tessera version: no version line"; cat a.srun.out; exit 15; }
   n=$(srun -n 2 printenv SLURM_PROCID | sort -u | wc -l)
@@ -215,7 +215,7 @@ set -u
 echo "d: job $SLURM_JOB_ID start (restart count ${SLURM_RESTART_COUNT:-0})"
 trap 'echo "d: the batch shell got USR2"' USR2   # a handler (not an ignore: children would inherit it)
 # the launcher of jobs/pretrain.slurm
-if srun --mpi=list 2>/dev/null | grep -q pmix; then LAUNCH=(srun --mpi=pmix); else
+if srun --mpi=list 2>/dev/null | grep -c pmix >/dev/null; then LAUNCH=(srun --mpi=pmix); else
   LAUNCH=(mpirun -n "$SLURM_NTASKS" --oversubscribe --allow-run-as-root); fi
 echo "d: launcher ${LAUNCH[0]}"
 "${LAUNCH[@]}" "$TESSERA" pretrain "$SRC/configs/methods/mhr.yaml" --set model.dim=32 --set model.depth=2 \
@@ -277,8 +277,9 @@ NCD=$(command -v ncdump || echo false)
 [ $rc = 0 ] && [ -f "$R/data/glyphs.nc" ] && [ -f "$WORK/runs/glyphs/backbone/model.safetensors" ] \
   && [ -f "$WORK/runs/glyphs/mhr/adapters.safetensors" ] && [ -f "$WORK/runs/glyphs/lora/adapters.safetensors" ] \
   && [ ! -e "$WORK/runs/glyphs/poly" ] \
-  && "$NCD" -h "$WORK/runs/fewshot/results.nc" | grep -q 'sweep_status = "complete"' \
-  && "$NCD" -h "$WORK/runs/analyze/alignment.nc" | grep -q 'double cosine(method, task, task_b)' \
+  && "$NCD" -h "$WORK/runs/fewshot/results.nc" > "$J/results.cdl" && grep -q 'sweep_status = "complete"' "$J/results.cdl" \
+  && "$NCD" -h "$WORK/runs/analyze/alignment.nc" > "$J/alignment.cdl" \
+  && grep -q 'double cosine(method, task, task_b)' "$J/alignment.cdl" \
   && grep -q "^## Few-shot accuracy" "$WORK/runs/report/report.md" && [ -s "$WORK/runs/report/accuracy_vs_shots.png" ] \
   && [ -s "$WORK/runs/report/alignment_cosine.png" ] && [ "$(grep -c '^[a-z]* [0-9]*$' "$J/e1.out")" = 5 ] && ok=0
 check $ok "(e) jobs/pipeline.sh --tiny --methods lora,mhr --wait: 5 chained jobs, every output (rc $rc, $((SECONDS - t0)) s)" \

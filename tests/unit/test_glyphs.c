@@ -26,31 +26,8 @@
 
 #define NOTO TSR_GLYPHS_DEFAULT_FONT_DIR
 
-static char g_dir[256];
+#include "test_util.h"
 
-static const char *tpath(const char *name) {
-    static char buf[4][512];
-    static int i;
-    i = (i + 1) % 4;
-    snprintf(buf[i], sizeof buf[i], "%s/%s", g_dir, name);
-    return buf[i];
-}
-
-/* The last error must contain every given substring (NULL-terminated list). */
-static void expect_error(const char *first, ...) {
-    const char *msg = tsr_last_error();
-    if (getenv("TSR_TEST_VERBOSE")) print_message("  refused: %s\n", msg);
-    va_list ap;
-    va_start(ap, first);
-    for (const char *s = first; s; s = va_arg(ap, const char *)) {
-        if (!strstr(msg, s)) {
-            va_end(ap);
-            print_error("error message \"%s\" does not contain \"%s\"\n", msg, s);
-            fail();
-        }
-    }
-    va_end(ap);
-}
 
 /* The small suite of the determinism tests: 3 scripts, 10 classes, 4 renderings (2 train, 1 val,
  * 1 test). */

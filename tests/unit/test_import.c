@@ -33,30 +33,8 @@
 #include "data/import.h"
 #include "data/suite.h"
 
-static char g_dir[256];
+#include "test_util.h"
 
-static const char *tpath(const char *name) {
-    static char buf[8][600];
-    static int i;
-    i = (i + 1) % 8;
-    snprintf(buf[i], sizeof buf[i], "%s/%s", g_dir, name);
-    return buf[i];
-}
-
-static void expect_error(const char *first, ...) {
-    const char *msg = tsr_last_error();
-    if (getenv("TSR_TEST_VERBOSE")) print_message("  refused: %s\n", msg);
-    va_list ap;
-    va_start(ap, first);
-    for (const char *s = first; s; s = va_arg(ap, const char *)) {
-        if (!strstr(msg, s)) {
-            va_end(ap);
-            print_error("error message \"%s\" does not contain \"%s\"\n", msg, s);
-            fail();
-        }
-    }
-    va_end(ap);
-}
 
 static void mkdirs(const char *rel) {
     char p[600];

@@ -20,22 +20,9 @@
 #include "data/loader.h"
 #include "data/suite.h"
 
-static char g_dir[256], g_path[512];
+#include "test_util.h"
 
-static void expect_error(const char *first, ...) {
-    const char *msg = tsr_last_error();
-    if (getenv("TSR_TEST_VERBOSE")) print_message("  refused: %s\n", msg);
-    va_list ap;
-    va_start(ap, first);
-    for (const char *s = first; s; s = va_arg(ap, const char *)) {
-        if (!strstr(msg, s)) {
-            va_end(ap);
-            print_error("error message \"%s\" does not contain \"%s\"\n", msg, s);
-            fail();
-        }
-    }
-    va_end(ap);
-}
+static char g_path[512];
 
 /* ------------------------------------------------------------------ the test suite
  * alpha: 3 classes, 60 examples; beta: 4 classes, 80; gamma: 2 classes, 30. Example i of a task with

@@ -23,23 +23,8 @@
 #include "core/common.h"
 #include "dist/parallel.h"
 
-static int64_t n_pass = 0, n_fail = 0;
-static int rank_ = 0, size_ = 1;
 static char ctx[160] = "";
-
-#define CHECK(cond, ...)                                                                      \
-    do {                                                                                      \
-        if (cond) {                                                                           \
-            n_pass++;                                                                         \
-        } else {                                                                              \
-            n_fail++;                                                                         \
-            if (n_fail <= 50) {                                                               \
-                fprintf(stderr, "rank %d: FAIL %s:%d [%s] ", rank_, __FILE__, __LINE__, ctx); \
-                fprintf(stderr, __VA_ARGS__);                                                 \
-                fputc('\n', stderr);                                                          \
-            }                                                                                 \
-        }                                                                                     \
-    } while (0)
+#include "mpi_check.h"
 
 /* largest differences seen against the serial reference */
 static double max_cos = 0, max_eval = 0, max_evec = 0, max_norm = 0, max_scalar = 0;

@@ -24,19 +24,6 @@
 #include "test_util.h"
 
 
-static void assert_no_temp_files(void) {
-    DIR *dir = opendir(g_dir);
-    assert_non_null(dir);
-    struct dirent *e;
-    int bad = 0;
-    while ((e = readdir(dir)) != NULL)
-        if (strstr(e->d_name, ".tmp.")) {
-            print_error("temporary file left behind: %s\n", e->d_name);
-            bad = 1;
-        }
-    closedir(dir);
-    assert_false(bad);
-}
 
 #define NC_OK(call)                                                                                \
     do {                                                                                           \

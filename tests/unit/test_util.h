@@ -3,6 +3,7 @@
  * messages. */
 #ifndef TSR_TEST_UTIL_H
 #define TSR_TEST_UTIL_H
+#include <dirent.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,5 +36,20 @@ static inline void expect_error(const char *first, ...) {
         }
     }
     va_end(ap);
+}
+
+/* No path.tmp.<pid> file may remain in g_dir (atomic writes clean up after themselves). */
+static inline void assert_no_temp_files(void) {
+    DIR *dir = opendir(g_dir);
+    assert_non_null(dir);
+    struct dirent *e;
+    int bad = 0;
+    while ((e = readdir(dir)) != NULL)
+        if (strstr(e->d_name, ".tmp.")) {
+            print_error("temporary file left behind: %s\n", e->d_name);
+            bad = 1;
+        }
+    closedir(dir);
+    assert_false(bad);
 }
 #endif

@@ -22,7 +22,7 @@
 #include "analysis/align.h"
 #include "build_info.h"
 #include "cmd/commands.h"
-#include "cmd/trainer.h"
+#include "train/trainer.h"
 #include "core/common.h"
 #include "dist/parallel.h"
 #include "io/tsr_config.h"

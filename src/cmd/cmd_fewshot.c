@@ -24,12 +24,12 @@
 
 #include "build_info.h"
 #include "cmd/commands.h"
-#include "cmd/trainer.h"
+#include "train/trainer.h"
 #include "core/blas.h"
 #include "core/common.h"
 #include "data/suite.h"
 #include "dist/parallel.h"
-#include "io/results_nc.h"
+#include "sweep/results_nc.h"
 #include "io/safetensors.h"
 #include "io/tsr_config.h"
 

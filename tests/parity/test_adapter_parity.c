@@ -12,7 +12,7 @@
 
 #include "adapters/adapters.h"
 #include "core/common.h"
-#include "io/checkpoint.h"
+#include "model/checkpoint.h"
 #include "io/safetensors.h"
 #include "model/vit.h"
 

@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "core/common.h"
-#include "io/checkpoint.h"
+#include "model/checkpoint.h"
 #include "io/safetensors.h"
 #include "model/vit.h"
 

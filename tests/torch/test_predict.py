@@ -44,7 +44,7 @@ def check(cond, what):
 
 
 def tessera_description(spec, c):
-    """The `tessera_adapters` JSON (src/io/adapter_io.h) of an adapter_ref case."""
+    """The `tessera_adapters` JSON (src/adapters/adapter_io.h) of an adapter_ref case."""
     lora = spec.kind == "lora"
     return {
         "format": "tessera-adapters", "version": 1,

@@ -16,7 +16,7 @@
 #include "adapters/adapters.h"
 #include "core/common.h"
 #include "core/rng.h"
-#include "io/adapter_io.h"
+#include "adapters/adapter_io.h"
 #include "io/safetensors.h"
 #include "model/vit.h"
 

@@ -14,7 +14,7 @@
 
 #include "core/common.h"
 #include "core/rng.h"
-#include "io/checkpoint.h"
+#include "model/checkpoint.h"
 #include "io/safetensors.h"
 #include "model/vit.h"
 

@@ -1,6 +1,6 @@
 /* adapter_io.c: adapter sets <-> safetensors, MHR-mu averaging, fresh routing rows, LoRA merging.
  * See adapter_io.h. */
-#include "io/adapter_io.h"
+#include "adapters/adapter_io.h"
 
 #include <jansson.h>
 #include <math.h>

@@ -1,5 +1,5 @@
 /* imageset.c: labelled image sets in memory (see imageset.h). */
-#include "data/imageset.h"
+#include "train/imageset.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -4,7 +4,7 @@
  * communicator (MPI_COMM_WORLD). Every variable uses independent access, so each rank writes the entries
  * it ran whenever it finishes them; the file layout (dimensions, variables, fill values) and the final
  * completion attributes are collective. No compression: HDF5 applies filters only to collective writes. */
-#include "io/results_nc.h"
+#include "sweep/results_nc.h"
 
 #include <math.h>
 #include <mpi.h>

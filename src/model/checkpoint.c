@@ -1,5 +1,5 @@
 /* checkpoint.c: ViT weights <-> safetensors in timm and Hugging Face naming. */
-#include "io/checkpoint.h"
+#include "model/checkpoint.h"
 
 #include <jansson.h>
 #include <math.h>

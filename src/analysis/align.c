@@ -273,7 +273,7 @@ int tsr_align_scalapack(int T, size_t P, const double *local_rows, int nprow, in
                          "32-bit indexing (%d): use more ranks or a larger grid", T, P,
                          loc1 > loc2 ? loc1 : loc2, INT_MAX);
     const int nloc = numroc_(&T, &one, &me, &zero, &R); /* tasks held here */
-    if (tsr_dist_agree_fail(nloc > 0 && !local_rows) != 0)
+    if (tsr_dist_agree_fail(tsr_comm_world(), nloc > 0 && !local_rows) != 0)
         return tsr_error("alignment: a rank that holds tasks passed no gradient rows (NULL)%s",
                          nloc > 0 && !local_rows ? " (this rank)" : "");
 
@@ -294,7 +294,7 @@ int tsr_align_scalapack(int T, size_t P, const double *local_rows, int nprow, in
     int rc = 0;
     double *A2 = NULL, *C = NULL, *Z = NULL, *work = NULL, *buf = NULL;
     int *iwork = NULL;
-    if (tsr_dist_agree_fail(bad_map) != 0) {
+    if (tsr_dist_agree_fail(tsr_comm_world(), bad_map) != 0) {
         rc = tsr_error("alignment: BLACS process numbering does not match MPI_COMM_WORLD (BLACS %d of %d, "
                        "rank %d of %d): was MPI started with tsr_dist_init?", pnum, nprocs, me, R);
         goto done;
@@ -327,7 +327,7 @@ int tsr_align_scalapack(int T, size_t P, const double *local_rows, int nprow, in
         desc_outside(d2, Pi, T, nb, nbt);
         desc_outside(dc, T, T, nbt, nbt);
     }
-    if (tsr_dist_agree_fail(rc != 0) != 0) {
+    if (tsr_dist_agree_fail(tsr_comm_world(), rc != 0) != 0) {
         rc = tsr_error("alignment: ScaLAPACK descinit rejected a descriptor (info %d; T %d, P %zu, grid "
                        "%dx%d, nb %d)", info, T, P, nprow, npcol, nb);
         goto done;
@@ -358,7 +358,7 @@ int tsr_align_scalapack(int T, size_t P, const double *local_rows, int nprow, in
             }
         }
     }
-    tsr_dist_allreduce_sum_f64(buf, TT);
+    tsr_dist_allreduce_sum_f64(tsr_comm_world(), buf, TT);
     for (int s = 0; s < T; s++)
         for (int t = s + 1; t < T; t++) buf[(size_t)s * T + t] = buf[(size_t)t * T + s];
     result_alloc(out, T);
@@ -417,7 +417,7 @@ int tsr_align_scalapack(int T, size_t P, const double *local_rows, int nprow, in
             }
         }
     }
-    int any_info = tsr_dist_allreduce_max_int(info != 0 ? 1 : 0);
+    int any_info = tsr_dist_allreduce_max_int(tsr_comm_world(), info != 0 ? 1 : 0);
     if (any_info) {
         rc = tsr_error("alignment: ScaLAPACK pdsyevd failed (info %d on rank %d; T %d, grid %dx%d, nb %d)",
                        info, me, T, nprow, npcol, nb);
@@ -439,7 +439,7 @@ int tsr_align_scalapack(int T, size_t P, const double *local_rows, int nprow, in
                 }
             }
         }
-        tsr_dist_allreduce_sum_f64(buf, TT + (size_t)T);
+        tsr_dist_allreduce_sum_f64(tsr_comm_world(), buf, TT + (size_t)T);
         eigen_finish(T, w, buf, out);
     }
 

@@ -1,280 +1,31 @@
-/* cmd_analyze.c: `tessera analyze CONFIG`: task gradient alignment of multi-task pre-trained adapters.
- *
- * For every method of analyze.methods (a `tessera pretrain` run in fewshot.pretrained/<method>: its
- * model.safetensors with the trained head, its adapters.safetensors): the mean loss gradient g_t of the
- * adapter (skill) parameters over the first analyze.examples training examples of each task t of the run
- * (tasks dealt to ranks t % ranks), then the task x task cosine matrix with PBLAS on a 2-D block-cyclic
- * process grid (analyze.grid, analyze.block), its eigen-decomposition (ScaLAPACK pdsyevd), the mean
- * off-diagonal alignment, and the effective rank of the learned routing matrices. Written by rank 0 to
- * analyze.results (docs/RESULTS_SCHEMA.md, alignment.nc), under a temporary name, then renamed.
- * The MHR paper's explanation of routing: it helps multi-task optimisation by making task gradients of the
- * shared parameters more aligned; this command measures exactly that. */
-#define _POSIX_C_SOURCE 200809L
-#include <errno.h>
-#include <math.h>
-#include <netcdf.h>
-#include <stdio.h>
+/* cmd_analyze.c: `tessera analyze CONFIG [--set ...]`: task gradient alignment of pre-trained adapters
+ * (src/analysis/analyze.h, docs/ANALYSIS.md). */
 #include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
 
-#include "analysis/align.h"
-#include "build_info.h"
+#include "analysis/analyze.h"
 #include "cmd/commands.h"
-#include "train/trainer.h"
 #include "core/common.h"
 #include "dist/parallel.h"
-#include "io/tsr_config.h"
-
-#define NCK(call)                                                                         \
-    do {                                                                                  \
-        int e_ = (call);                                                                  \
-        if (e_ != NC_NOERR) {                                                             \
-            tsr_error("%s: %s (%s:%d)", tmp, nc_strerror(e_), __FILE__, __LINE__);      \
-            goto fail;                                                                    \
-        }                                                                                 \
-    } while (0)
-
-typedef struct {
-    char name[64];
-    tsr_align_result a;
-    double routing_eff_rank;
-    size_t P;
-} method_out;
-
-/* Effective rank of the routing: for each routed module the (T, h*S) matrix of routing probabilities
- * (sigmoid of the logits), its effective rank (tsr_effective_rank); the mean over modules. */
-static double routing_rank(const tsr_train_result *r) {
-    if (!r->routing || r->routing_modules < 1) return NAN;
-    int T = r->grad_ntasks, C = r->routing_cols;
-    double *A = tsr_malloc(sizeof(double) * (size_t)T * C), sum = 0;
-    for (int mod = 0; mod < r->routing_modules; mod++) {
-        const float *z = r->routing + (size_t)mod * T * C;
-        for (size_t i = 0; i < (size_t)T * C; i++) A[i] = 1.0 / (1.0 + exp(-(double)z[i]));
-        sum += tsr_effective_rank(A, T, C);
-    }
-    free(A);
-    return sum / r->routing_modules;
-}
-
-static int write_alignment(const char *path, const method_out *mo, int M, char **tasks, int T, const char *cfg_text,
-                           int nprow, int npcol, int nb, const char *pre) {
-    char tmp[1200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int ncid = -1, dm, dt, dtb, dc, dms, dts, v;
-    NCK(nc_create(tmp, NC_NETCDF4 | NC_CLOBBER, &ncid));
-    size_t wm = 1, wt = 1;
-    for (int i = 0; i < M; i++) wm = strlen(mo[i].name) > wm ? strlen(mo[i].name) : wm;
-    for (int i = 0; i < T; i++) wt = strlen(tasks[i]) > wt ? strlen(tasks[i]) : wt;
-    NCK(nc_def_dim(ncid, "method", (size_t)M, &dm));
-    NCK(nc_def_dim(ncid, "method_strlen", wm, &dms));
-    NCK(nc_def_dim(ncid, "task", (size_t)T, &dt));
-    NCK(nc_def_dim(ncid, "task_strlen", wt, &dts));
-    NCK(nc_def_dim(ncid, "task_b", (size_t)T, &dtb));
-    NCK(nc_def_dim(ncid, "component", (size_t)T, &dc));
-    int d2[2] = {dm, dms}, d3[2] = {dt, dts}, d4[2] = {dtb, dts};
-    NCK(nc_def_var(ncid, "method", NC_CHAR, 2, d2, &v));
-    NCK(nc_put_att_text(ncid, v, "_Encoding", 5, "utf-8"));
-    NCK(nc_def_var(ncid, "task", NC_CHAR, 2, d3, &v));
-    NCK(nc_put_att_text(ncid, v, "_Encoding", 5, "utf-8"));
-    NCK(nc_def_var(ncid, "task_b", NC_CHAR, 2, d4, &v));
-    NCK(nc_put_att_text(ncid, v, "_Encoding", 5, "utf-8"));
-    struct { const char *name; int nd; int dims[3]; const char *ln; } vars[] = {
-        {"cosine", 3, {dm, dt, dtb}, "cosine similarity of the tasks' mean adapter gradients"},
-        {"eigenvalues", 2, {dm, dc}, "eigenvalues of the cosine matrix, descending"},
-        {"eigenvectors", 3, {dm, dt, dc}, "unit eigenvectors of the cosine matrix (columns)"},
-        {"gradient_norm", 2, {dm, dt}, "norm of the task's mean adapter gradient"},
-        {"mean_alignment", 1, {dm}, "mean off-diagonal cosine similarity"},
-        {"alignment_effective_rank", 1, {dm}, "exp(entropy) of the normalised eigenvalues"},
-        {"routing_effective_rank", 1, {dm}, "mean over routed modules of the effective rank of the (task, head x skill) routing probabilities (NaN: no routing)"},
-        {"parameters", 1, {dm}, "length of each gradient vector (adapter parameters, routing excluded)"},
-    };
-    int vid[8];
-    for (int i = 0; i < 8; i++) {
-        NCK(nc_def_var(ncid, vars[i].name, NC_DOUBLE, vars[i].nd, vars[i].dims, &vid[i]));
-        double fv = NAN;
-        NCK(nc_def_var_fill(ncid, vid[i], 0, &fv));
-        NCK(nc_put_att_text(ncid, vid[i], "long_name", strlen(vars[i].ln), vars[i].ln));
-    }
-    char date[64], grid[32], blk[16], hist[512];
-    time_t now = time(NULL);
-    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
-    snprintf(grid, sizeof grid, "%dx%d", nprow, npcol);
-    snprintf(blk, sizeof blk, "%d", nb);
-    snprintf(hist, sizeof hist, "%s: tessera analyze (%d ranks)", date, tsr_world.size);
-    const char *ak[] = {"Conventions", "title", "source", "git_commit", "history", "date_created", "config",
-                        "process_grid", "block_size", "pretrained"};
-    const char *av[] = {"CF-1.8", "tessera task gradient alignment", "tessera " TSR_VERSION, TSR_GIT_COMMIT, hist,
-                        date, cfg_text, grid, blk, pre};
-    for (int i = 0; i < 10; i++) NCK(nc_put_att_text(ncid, NC_GLOBAL, ak[i], strlen(av[i]), av[i]));
-    char wsz[16];
-    snprintf(wsz, sizeof wsz, "%d", tsr_world.size);
-    NCK(nc_put_att_text(ncid, NC_GLOBAL, "world_size", strlen(wsz), wsz));
-    for (int i = 0; i < M; i++) {
-        char k[128], p[1200];
-        snprintf(k, sizeof k, "checkpoint_%s", mo[i].name);
-        snprintf(p, sizeof p, "%s/%s/adapters.safetensors", pre, mo[i].name);
-        NCK(nc_put_att_text(ncid, NC_GLOBAL, k, strlen(p), p));
-    }
-    NCK(nc_enddef(ncid));
-    char *buf = tsr_calloc((size_t)(M > T ? M : T) * (wm > wt ? wm : wt) + 1, 1);
-    for (int i = 0; i < M; i++) memcpy(buf + (size_t)i * wm, mo[i].name, strlen(mo[i].name));
-    int e = nc_put_var_text(ncid, 0, buf);
-    if (e == NC_NOERR) {
-        memset(buf, 0, (size_t)(M > T ? M : T) * (wm > wt ? wm : wt) + 1);
-        for (int i = 0; i < T; i++) memcpy(buf + (size_t)i * wt, tasks[i], strlen(tasks[i]));
-        e = nc_put_var_text(ncid, 1, buf);
-        if (e == NC_NOERR) e = nc_put_var_text(ncid, 2, buf);
-    }
-    free(buf);
-    NCK(e);
-    for (int i = 0; i < M; i++) {
-        size_t st3[3] = {(size_t)i, 0, 0}, ct3[3] = {1, (size_t)T, (size_t)T}, st2[2] = {(size_t)i, 0},
-               ct2[2] = {1, (size_t)T}, s1 = (size_t)i;
-        const tsr_align_result *a = &mo[i].a;
-        double prm = (double)mo[i].P;
-        NCK(nc_put_vara_double(ncid, vid[0], st3, ct3, a->cosine));
-        NCK(nc_put_vara_double(ncid, vid[1], st2, ct2, a->eigenvalues));
-        NCK(nc_put_vara_double(ncid, vid[2], st3, ct3, a->eigenvectors));
-        NCK(nc_put_vara_double(ncid, vid[3], st2, ct2, a->norms));
-        NCK(nc_put_var1_double(ncid, vid[4], &s1, &a->mean_offdiag));
-        NCK(nc_put_var1_double(ncid, vid[5], &s1, &a->eff_rank));
-        NCK(nc_put_var1_double(ncid, vid[6], &s1, &mo[i].routing_eff_rank));
-        NCK(nc_put_var1_double(ncid, vid[7], &s1, &prm));
-    }
-    NCK(nc_close(ncid));
-    ncid = -1;
-    if (rename(tmp, path) != 0) return tsr_error("%s: cannot rename to %s (%s)", tmp, path, strerror(errno));
-    return 0;
-fail:
-    if (ncid >= 0) nc_close(ncid);
-    unlink(tmp);
-    return -1;
-}
 
 int tsr_cmd_analyze(int argc, char **argv) {
     const char *cfg_path;
     int nset;
     char **sets;
-    int pr = tsr_parse_config_cmdline("analyze", "task gradient alignment of pre-trained adapters (ScaLAPACK); "
+    int rc = tsr_parse_config_cmdline("analyze", "task gradient alignment of pre-trained adapters (ScaLAPACK); "
                                       "writes analyze.results; see docs/ANALYSIS.md", argc, argv, &cfg_path, &nset, &sets);
-    if (pr != 0) {
+    if (rc != 0) {
         free(sets);
-        return pr == 1 ? 0 : 2;
+        return rc == 1 ? 0 : 2;
     }
-    int rc = 1, M = 0, T = 0;
-    tsr_config *cfg = tsr_malloc(sizeof *cfg), *mc = tsr_malloc(sizeof *mc);
-    char *cfg_text = NULL, **tasks = NULL;
-    method_out *mo = NULL;
-    char **all = tsr_calloc((size_t)nset + 8, sizeof(char *));
-    char own[4][1400];
-    if (!(cfg_text = tsr_run_setup(cfg, "analyze", cfg_path, nset, sets))) goto out;
-    M = cfg->analyze.methods.n;
-    if (M < 1) {
-        tsr_log(TSR_LOG_ERROR, "%s: analyze.methods is empty", cfg_path);
-        goto out;
+    tsr_config *cfg = tsr_malloc(sizeof *cfg);
+    char *cfg_text = tsr_run_setup(cfg, "analyze", cfg_path, nset, sets);
+    rc = 1;
+    if (cfg_text) {
+        tsr_ctx ctx = tsr_ctx_world();
+        rc = tsr_analyze_run(&ctx, cfg, cfg_text, cfg_path, nset, sets);
     }
-    int nprow = (int)(cfg->analyze.grid.n > 0 ? cfg->analyze.grid.v[0] : 0);
-    int npcol = (int)(cfg->analyze.grid.n > 1 ? cfg->analyze.grid.v[1] : 0);
-    if (cfg->analyze.grid.n != 2) {
-        tsr_log(TSR_LOG_ERROR, "%s: analyze.grid must be [rows, cols] (got %d values)", cfg_path, cfg->analyze.grid.n);
-        goto out;
-    }
-    int nb = (int)cfg->analyze.block;
-    mo = tsr_calloc((size_t)M, sizeof *mo);
-    const cfg_string_list *role = strcmp(cfg->data.role, "source") == 0    ? &cfg->suite.source
-                                  : strcmp(cfg->data.role, "train") == 0   ? &cfg->suite.train
-                                  : strcmp(cfg->data.role, "heldout") == 0 ? &cfg->suite.heldout
-                                                                           : NULL;
-    if (!role || role->n < 1) {
-        tsr_log(TSR_LOG_ERROR, "%s: analyze needs data.role source, train or heldout with its suite list (the tasks "
-                "the adapters were pre-trained on)", cfg_path);
-        goto out;
-    }
-    T = role->n;
-    tasks = tsr_calloc((size_t)T, sizeof(char *));
-    for (int t = 0; t < T; t++) tasks[t] = (char *)role->v[t];
-    for (int i = 0; i < M; i++) {
-        const char *name = cfg->analyze.methods.v[i];
-        snprintf(mo[i].name, sizeof mo[i].name, "%s", name);
-        char ap[1200], mp[1200];
-        snprintf(ap, sizeof ap, "%s/%s/adapters.safetensors", cfg->fewshot.pretrained, name);
-        snprintf(mp, sizeof mp, "%s/%s/model.safetensors", cfg->fewshot.pretrained, name);
-        if (tsr_dist_agree_fail(access(ap, R_OK) != 0 || access(mp, R_OK) != 0)) {
-            tsr_log(TSR_LOG_ERROR, "analyze.methods: '%s' needs the pre-training run %s/%s (adapters.safetensors and "
-                    "model.safetensors; HINT: tessera pretrain configs/methods/%s.yaml with that run.output_dir)",
-                    name, cfg->fewshot.pretrained, name, name);
-            goto out;
-        }
-        int n = 0;
-        for (int j = 0; j < nset; j++) all[n++] = sets[j];
-        snprintf(own[0], sizeof own[0], "adapter.init=\"%s\"", ap);
-        snprintf(own[1], sizeof own[1], "run.init=\"%s\"", mp);
-        snprintf(own[2], sizeof own[2], "adapter.fewshot=none");
-        snprintf(own[3], sizeof own[3], "run.reset_head=false");
-        for (int j = 0; j < 4; j++) all[n++] = own[j];
-        if (tsr_config_load(mc, cfg_path, n, all) != 0) {
-            tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
-            goto out;
-        }
-        double t0 = tsr_time();
-        tsr_train_opts o = {.quiet = 1, .grad_examples = cfg->analyze.examples};
-        tsr_train_result r;
-        memset(&r, 0, sizeof r);
-        int lvl = tsr_log_level;
-        tsr_log_level = TSR_LOG_WARN;
-        int e = tsr_train_run(mc, cfg_text, &o, &r);
-        tsr_log_level = lvl;
-        if (tsr_dist_agree_fail(e != 0)) {
-            if (e) tsr_log(TSR_LOG_ERROR, "analyze: method '%s': %s", name, tsr_last_error());
-            tsr_train_result_free(&r);
-            goto out;
-        }
-        if (r.grad_ntasks != T) {
-            tsr_log(TSR_LOG_ERROR, "analyze: method '%s' ran %d tasks, expected %d", name, r.grad_ntasks, T);
-            tsr_train_result_free(&r);
-            goto out;
-        }
-        double tg = tsr_time() - t0;
-        mo[i].P = r.grad_P;
-        int ea = tsr_align_scalapack(T, r.grad_P, r.grad_rows, nprow, npcol, nb, &mo[i].a);
-        mo[i].routing_eff_rank = routing_rank(&r);
-        tsr_train_result_free(&r);
-        if (ea != 0) {
-            tsr_log(TSR_LOG_ERROR, "analyze: method '%s': %s", name, tsr_last_error());
-            goto out;
-        }
-        tsr_info("analyze: %-12s %d tasks x %zu parameters: mean alignment %.4f, spectrum effective rank %.2f, "
-                 "routing effective rank %.2f (gradients %.1f s, ScaLAPACK %.2f s)", name, T, mo[i].P,
-                 mo[i].a.mean_offdiag, mo[i].a.eff_rank, mo[i].routing_eff_rank, tg, tsr_time() - t0 - tg);
-    }
-    char path[1100];
-    if (cfg->analyze.results[0]) snprintf(path, sizeof path, "%s", cfg->analyze.results);
-    else snprintf(path, sizeof path, "%s/alignment.nc", cfg->run.output_dir);
-    int we = 0;
-    if (tsr_world.rank == 0) {
-        int gr = nprow, gc = npcol;
-        if (gr == 0 && gc == 0) { /* the near-square grid tsr_align_scalapack picks */
-            gr = 1;
-            while ((gr + 1) * (gr + 1) <= tsr_world.size) gr++;
-            gc = tsr_world.size / gr;
-        }
-        we = tsr_mkdirs_for(path) != 0 ||
-             write_alignment(path, mo, M, tasks, T, cfg_text, gr, gc, nb, cfg->fewshot.pretrained) != 0;
-        if (we) tsr_log(TSR_LOG_ERROR, "analyze: %s", tsr_last_error());
-    }
-    if (tsr_dist_agree_fail(we)) goto out;
-    tsr_info("analyze: wrote %s", path);
-    rc = 0;
-out:
-    for (int i = 0; mo && i < M; i++) tsr_align_free(&mo[i].a);
-    free(mo);
-    free(tasks);
-    free(all);
     free(cfg_text);
     free(cfg);
-    free(mc);
     free(sets);
     return rc;
 }

@@ -5,8 +5,6 @@ int tsr_cmd_version(int argc, char **argv);
 int tsr_cmd_predict(int argc, char **argv);
 int tsr_cmd_train(int argc, char **argv);
 int tsr_cmd_adapt(int argc, char **argv); /* also `tessera pretrain` (the same trainer) */
-/* exit status of a run stopped by a signal after writing its checkpoint (resubmit with --resume) */
-#define TSR_EXIT_REQUEUE 3
 int tsr_cmd_prepare(int argc, char **argv);
 int tsr_cmd_fewshot(int argc, char **argv); /* few-shot sweeps (cmd_fewshot.c) */
 int tsr_cmd_analyze(int argc, char **argv); /* task gradient alignment (cmd_analyze.c) */
@@ -16,10 +14,7 @@ int tsr_runtime_setup(int threads);
 void tsr_version_string(char *buf, int len);
 
 #include "io/tsr_config.h"
-/* Create a directory and its parents. 0 / -1 (tsr_error). */
-int tsr_mkdirs(const char *path);
-/* Create the directory a file will be written to. */
-int tsr_mkdirs_for(const char *file);
+#include "train/trainer.h"
 /* Parse "CONFIG [--set key=value ...]" (argv[0] is the command). 0 ok, 1 help printed, 2 usage error
  * (logged). *sets is malloc'ed in every case. */
 int tsr_parse_config_cmdline(const char *cmd, const char *help, int argc, char **argv, const char **cfg_path,
@@ -27,4 +22,6 @@ int tsr_parse_config_cmdline(const char *cmd, const char *help, int argc, char *
 /* Load and check the configuration, start-up banner, one-rank check, run.output_dir with config.yaml.
  * Returns the resolved configuration text (malloc'ed) or NULL after logging the error. */
 char *tsr_run_setup(tsr_config *cfg, const char *cmd, const char *cfg_path, int nset, char **sets);
+/* Under Slurm (SLURM_JOB_ID set), rank 0 asks Slurm to requeue the job after a stop signal. */
+void tsr_requeue_if_slurm(void);
 #endif

@@ -11,28 +11,6 @@
 #include "core/common.h"
 #include "dist/parallel.h"
 
-int tsr_mkdirs(const char *path) {
-    char tmp[1024];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *p = tmp + 1; *p; p++)
-        if (*p == '/') {
-            *p = 0;
-            if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return tsr_error("%s: cannot create (%s)", tmp, strerror(errno));
-            *p = '/';
-        }
-    if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return tsr_error("%s: cannot create (%s)", tmp, strerror(errno));
-    return 0;
-}
-
-int tsr_mkdirs_for(const char *file) {
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s", file);
-    char *slash = strrchr(dir, '/');
-    if (!slash || slash == dir) return 0;
-    *slash = 0;
-    return tsr_mkdirs(dir);
-}
-
 int tsr_parse_config_cmdline(const char *cmd, const char *help, int argc, char **argv, const char **cfg_path,
                              int *nset, char ***sets) {
     *cfg_path = NULL;
@@ -60,25 +38,33 @@ int tsr_parse_config_cmdline(const char *cmd, const char *help, int argc, char *
     return 0;
 }
 
+/* Every step can fail on one rank only (a file readable here but not there): the ranks agree, so
+ * that all of them stop together with the failing rank's message instead of some waiting forever. */
 char *tsr_run_setup(tsr_config *cfg, const char *cmd, const char *cfg_path, int nset, char **sets) {
-    if (tsr_config_load(cfg, cfg_path, nset, sets) != 0) {
-        tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
-        return NULL;
-    }
-    if (tsr_world.size > 1 && strcmp(cmd, "train") == 0) {
-        tsr_log(TSR_LOG_ERROR, "%s: runs on one rank (got %d); multi-rank training is `tessera pretrain`", cmd,
-                tsr_world.size);
-        return NULL;
-    }
-    if (tsr_runtime_setup((int)cfg->run.threads) != 0) return NULL;
+    const tsr_comm *w = tsr_comm_world();
+    tsr_logger lg = tsr_logger_default();
+    int fail = tsr_config_load(cfg, cfg_path, nset, sets) != 0;
+    if (tsr_dist_fail_together(w, fail, &lg)) return NULL;
+    fail = tsr_runtime_setup((int)cfg->run.threads) != 0;
+    if (tsr_dist_fail_together(w, fail, &lg)) return NULL;
     char *text = tsr_config_dump(cfg);
     tsr_info("resolved configuration:\n%s", text);
     char path[1100];
     snprintf(path, sizeof path, "%s/config.yaml", cfg->run.output_dir);
-    if (tsr_mkdirs(cfg->run.output_dir) != 0 || tsr_write_file_atomic(path, text, strlen(text)) != 0) {
-        tsr_log(TSR_LOG_ERROR, "run.output_dir: %s", tsr_last_error());
+    fail = tsr_mkdirs(cfg->run.output_dir) != 0 || tsr_write_file_atomic(path, text, strlen(text)) != 0;
+    if (fail) tsr_error_context("run.output_dir");
+    if (tsr_dist_fail_together(w, fail, &lg)) {
         free(text);
         return NULL;
     }
     return text;
+}
+
+/* Slurm's way of continuing a stopped job (as submitit does): requeue it; it resumes from its checkpoint. */
+void tsr_requeue_if_slurm(void) {
+    const char *job = getenv("SLURM_JOB_ID");
+    if (tsr_world.rank != 0 || !job) return;
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "scontrol requeue %s", job);
+    if (system(cmd) != 0) tsr_warn("could not requeue: '%s' failed", cmd);
 }

@@ -30,7 +30,7 @@ int tsr_runtime_setup(int threads) {
     char note[512];
     int fail = tsr_blas_init(note, sizeof note) != 0;
     if (fail) tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
-    if (tsr_dist_agree_fail(fail)) return -1;
+    if (tsr_dist_agree_fail(tsr_comm_world(), fail)) return -1;
     int n = tsr_dist_set_threads(threads);
     char v[1024];
     tsr_version_string(v, sizeof v);

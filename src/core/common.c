@@ -72,19 +72,32 @@ void *tsr_aligned_alloc_at(size_t n, const char *file, int line) {
     return p;
 }
 
-void tsr_log(int level, const char *fmt, ...) {
-    if (level > tsr_log_level) return;
-    if (level >= TSR_LOG_INFO && tsr_log_rank != 0) return;
+static void vlog(int rank, int max_level, int level, const char *fmt, va_list ap) {
+    if (level > max_level) return;
+    if (level >= TSR_LOG_INFO && rank != 0) return;
     FILE *out = level <= TSR_LOG_WARN ? stderr : stdout;
-    va_list ap;
     if (level == TSR_LOG_WARN) fprintf(out, "tessera: warning: ");
     if (level == TSR_LOG_ERROR) fprintf(out, "tessera: error: ");
-    va_start(ap, fmt);
     vfprintf(out, fmt, ap);
-    va_end(ap);
     fputc('\n', out);
     fflush(out);
 }
+
+void tsr_log(int level, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(tsr_log_rank, tsr_log_level, level, fmt, ap);
+    va_end(ap);
+}
+
+void tsr_logf(const tsr_logger *lg, int level, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(lg->rank, lg->level, level, fmt, ap);
+    va_end(ap);
+}
+
+tsr_logger tsr_logger_default(void) { return (tsr_logger){tsr_log_rank, tsr_log_level}; }
 
 double tsr_time(void) {
     struct timespec ts;
@@ -142,4 +155,26 @@ int tsr_read_file(const char *path, char **data, size_t *n) {
     *data = buf;
     *n = (size_t)sz;
     return 0;
+}
+
+int tsr_mkdirs(const char *path) {
+    char tmp[1024];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return tsr_error("%s: cannot create (%s)", tmp, strerror(errno));
+            *p = '/';
+        }
+    if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return tsr_error("%s: cannot create (%s)", tmp, strerror(errno));
+    return 0;
+}
+
+int tsr_mkdirs_for(const char *file) {
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s", file);
+    char *slash = strrchr(dir, '/');
+    if (!slash || slash == dir) return 0;
+    *slash = 0;
+    return tsr_mkdirs(dir);
 }

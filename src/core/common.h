@@ -16,6 +16,11 @@
 #else
 #define TSR_PRINTF(a, b)
 #define TSR_NORETURN
+/* Create a directory and its parents. 0 / -1 (tsr_error). */
+int tsr_mkdirs(const char *path);
+/* Create the directory a file will be written to. */
+int tsr_mkdirs_for(const char *file);
+
 #endif
 
 /* Record an error message (printf-style); always returns -1 so that `return tsr_error(...)` works. */
@@ -45,6 +50,14 @@ enum { TSR_LOG_ERROR = 0, TSR_LOG_WARN = 1, TSR_LOG_INFO = 2, TSR_LOG_DEBUG = 3 
 extern int tsr_log_level;
 extern int tsr_log_rank; /* this process's MPI rank (0 when MPI is not running) */
 void tsr_log(int level, const char *fmt, ...) TSR_PRINTF(2, 3);
+/* A logger passed explicitly (library code logs through the run context's): the rank it speaks for and
+ * its level. Only rank 0 prints info and debug lines; warnings and errors print on every rank and name
+ * the rank when it is not 0. tsr_log uses the process's (tsr_log_rank, tsr_log_level). */
+typedef struct {
+    int rank, level;
+} tsr_logger;
+void tsr_logf(const tsr_logger *lg, int level, const char *fmt, ...) TSR_PRINTF(3, 4);
+tsr_logger tsr_logger_default(void);
 #define tsr_info(...) tsr_log(TSR_LOG_INFO, __VA_ARGS__)
 #define tsr_warn(...) tsr_log(TSR_LOG_WARN, __VA_ARGS__)
 
@@ -54,5 +67,10 @@ double tsr_time(void); /* monotonic seconds */
 int tsr_write_file_atomic(const char *path, const void *data, size_t n);
 /* Read a whole file into a malloc'ed buffer (NUL-terminated for convenience). 0 / -1 (tsr_error). */
 int tsr_read_file(const char *path, char **data, size_t *n);
+
+/* Create a directory and its parents. 0 / -1 (tsr_error). */
+int tsr_mkdirs(const char *path);
+/* Create the directory a file will be written to. */
+int tsr_mkdirs_for(const char *file);
 
 #endif

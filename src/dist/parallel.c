@@ -18,6 +18,21 @@
 
 tsr_dist tsr_world = {0, 1, 0, 1, 1};
 static int mpi_started = 0;
+static tsr_comm comm_world = {0, 1, 1}, comm_self = {0, 1, 0};
+
+const tsr_comm *tsr_comm_world(void) { return &comm_world; }
+const tsr_comm *tsr_comm_self(void) { return &comm_self; }
+
+tsr_ctx tsr_ctx_world(void) { return (tsr_ctx){&comm_world, tsr_logger_default(), tsr_world.threads}; }
+
+tsr_ctx tsr_ctx_self(int max_level) {
+    tsr_logger lg = tsr_logger_default();
+    if (lg.level > max_level) lg.level = max_level;
+    return (tsr_ctx){&comm_self, lg, tsr_world.threads};
+}
+
+/* The MPI communicator behind c (only called with c->size > 1, so never for comm_self). */
+static MPI_Comm mpi_comm(const tsr_comm *c) { return c->world ? MPI_COMM_WORLD : MPI_COMM_SELF; }
 
 /* Every MPI call goes through MPI_CALL: a return code other than MPI_SUCCESS is fatal, with MPI's own
  * message and the caller's file:line. */
@@ -45,6 +60,8 @@ void tsr_dist_init(int *argc, char ***argv) {
     MPI_CALL(MPI_Comm_rank, MPI_COMM_WORLD, &tsr_world.rank);
     MPI_CALL(MPI_Comm_size, MPI_COMM_WORLD, &tsr_world.size);
     tsr_log_rank = tsr_world.rank;
+    comm_world.rank = tsr_world.rank;
+    comm_world.size = tsr_world.size;
     MPI_Comm node;
     MPI_CALL(MPI_Comm_split_type, MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, tsr_world.rank, MPI_INFO_NULL, &node);
     MPI_CALL(MPI_Comm_rank, node, &tsr_world.local_rank);
@@ -100,23 +117,44 @@ static void count_bytes(size_t bytes, uint64_t num, uint64_t p) {
     uint64_t b = (uint64_t)bytes;
     bytes_sent += (b / p) * num + (b % p) * num / p;
 }
-static void count_allreduce(size_t bytes) {
-    uint64_t p = (uint64_t)tsr_world.size;
+static void count_allreduce(const tsr_comm *c, size_t bytes) {
+    uint64_t p = (uint64_t)c->size;
     count_bytes(bytes, 2 * (p - 1), p);
 }
 
 uint64_t tsr_dist_bytes_sent(void) { return bytes_sent; }
 
-int tsr_dist_agree_fail(int local_fail) {
-    if (tsr_world.size == 1) return local_fail;
+int tsr_dist_agree_fail(const tsr_comm *c, int local_fail) {
+    if (c->size == 1) return local_fail;
     int out = 0;
-    MPI_CALL(MPI_Allreduce, &local_fail, &out, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    count_allreduce(sizeof out);
+    MPI_CALL(MPI_Allreduce, &local_fail, &out, 1, MPI_INT, MPI_MAX, mpi_comm(c));
+    count_allreduce(c, sizeof out);
     return out;
 }
 
-void tsr_dist_barrier(void) {
-    if (tsr_world.size > 1) MPI_CALL(MPI_Barrier, MPI_COMM_WORLD);
+int tsr_dist_fail_together(const tsr_comm *c, int local_fail, const tsr_logger *log) {
+    /* the lowest failing rank (c->size: none) */
+    int who = local_fail ? c->rank : c->size;
+    if (c->size > 1) {
+        int low = who;
+        MPI_CALL(MPI_Allreduce, &who, &low, 1, MPI_INT, MPI_MIN, mpi_comm(c));
+        count_allreduce(c, sizeof low);
+        who = low;
+    }
+    if (who == c->size) return 0;
+    if (local_fail) tsr_logf(log, TSR_LOG_ERROR, "%s", tsr_last_error());
+    if (c->size > 1) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", tsr_last_error());
+        tsr_dist_bcast(c, msg, sizeof msg, who);
+        msg[sizeof msg - 1] = 0;
+        if (!local_fail) tsr_logf(log, TSR_LOG_ERROR, "stopping: rank %d failed: %s", who, msg);
+    }
+    return 1;
+}
+
+void tsr_dist_barrier(const tsr_comm *c) {
+    if (c->size > 1) MPI_CALL(MPI_Barrier, mpi_comm(c));
 }
 
 /* ---------------------------------------------------------------- chunking */
@@ -139,59 +177,59 @@ static size_t chunk_elems(size_t esize) {
 }
 
 /* ---------------------------------------------------------------- reductions */
-static void allreduce_sum(void *buf, size_t n, size_t esize, MPI_Datatype type) {
-    if (tsr_world.size == 1 || n == 0) return;
+static void allreduce_sum(const tsr_comm *cm, void *buf, size_t n, size_t esize, MPI_Datatype type) {
+    if (cm->size == 1 || n == 0) return;
     const size_t step = chunk_elems(esize);
     char *p = buf;
     for (size_t i = 0; i < n; i += step) {
         size_t c = n - i < step ? n - i : step;
-        MPI_CALL(MPI_Allreduce, MPI_IN_PLACE, p + i * esize, (int)c, type, MPI_SUM, MPI_COMM_WORLD);
+        MPI_CALL(MPI_Allreduce, MPI_IN_PLACE, p + i * esize, (int)c, type, MPI_SUM, mpi_comm(cm));
     }
-    count_allreduce(n * esize);
+    count_allreduce(cm, n * esize);
 }
 
-void tsr_dist_allreduce_sum_f32(float *buf, size_t n) { allreduce_sum(buf, n, sizeof *buf, MPI_FLOAT); }
-void tsr_dist_allreduce_sum_f64(double *buf, size_t n) { allreduce_sum(buf, n, sizeof *buf, MPI_DOUBLE); }
-void tsr_dist_allreduce_sum_i64(int64_t *buf, size_t n) { allreduce_sum(buf, n, sizeof *buf, MPI_INT64_T); }
+void tsr_dist_allreduce_sum_f32(const tsr_comm *c, float *buf, size_t n) { allreduce_sum(c, buf, n, sizeof *buf, MPI_FLOAT); }
+void tsr_dist_allreduce_sum_f64(const tsr_comm *c, double *buf, size_t n) { allreduce_sum(c, buf, n, sizeof *buf, MPI_DOUBLE); }
+void tsr_dist_allreduce_sum_i64(const tsr_comm *c, int64_t *buf, size_t n) { allreduce_sum(c, buf, n, sizeof *buf, MPI_INT64_T); }
 
-double tsr_dist_allreduce_max_f64(double v) {
-    if (tsr_world.size == 1) return v;
+double tsr_dist_allreduce_max_f64(const tsr_comm *c, double v) {
+    if (c->size == 1) return v;
     double out = v;
-    MPI_CALL(MPI_Allreduce, &v, &out, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-    count_allreduce(sizeof out);
+    MPI_CALL(MPI_Allreduce, &v, &out, 1, MPI_DOUBLE, MPI_MAX, mpi_comm(c));
+    count_allreduce(c, sizeof out);
     return out;
 }
 
-int tsr_dist_allreduce_max_int(int v) {
-    if (tsr_world.size == 1) return v;
+int tsr_dist_allreduce_max_int(const tsr_comm *c, int v) {
+    if (c->size == 1) return v;
     int out = v;
-    MPI_CALL(MPI_Allreduce, &v, &out, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    count_allreduce(sizeof out);
+    MPI_CALL(MPI_Allreduce, &v, &out, 1, MPI_INT, MPI_MAX, mpi_comm(c));
+    count_allreduce(c, sizeof out);
     return out;
 }
 
-static void check_root(int root, const char *what) {
-    if (root < 0 || root >= tsr_world.size)
-        tsr_fatal("%s: root %d is not a rank (world size %d)", what, root, tsr_world.size);
+static void check_root(const tsr_comm *c, int root, const char *what) {
+    if (root < 0 || root >= c->size)
+        tsr_fatal("%s: root %d is not a rank (communicator size %d)", what, root, c->size);
 }
 
-void tsr_dist_bcast(void *buf, size_t bytes, int root) {
-    check_root(root, "tsr_dist_bcast");
-    if (tsr_world.size == 1 || bytes == 0) return;
+void tsr_dist_bcast(const tsr_comm *cm, void *buf, size_t bytes, int root) {
+    check_root(cm, root, "tsr_dist_bcast");
+    if (cm->size == 1 || bytes == 0) return;
     const size_t step = chunk_elems(1);
     char *p = buf;
     for (size_t i = 0; i < bytes; i += step) {
         size_t c = bytes - i < step ? bytes - i : step;
-        MPI_CALL(MPI_Bcast, p + i, (int)c, MPI_BYTE, root, MPI_COMM_WORLD);
+        MPI_CALL(MPI_Bcast, p + i, (int)c, MPI_BYTE, root, mpi_comm(cm));
     }
     bytes_sent += (uint64_t)bytes;
 }
 
 /* ---------------------------------------------------------------- sharded vectors */
-void tsr_dist_slice(size_t n, int rank, size_t *off, size_t *len) {
-    if (rank < 0 || rank >= tsr_world.size)
-        tsr_fatal("tsr_dist_slice: rank %d is not a rank (world size %d)", rank, tsr_world.size);
-    size_t p = (size_t)tsr_world.size, r = (size_t)rank;
+void tsr_dist_slice(const tsr_comm *c, size_t n, int rank, size_t *off, size_t *len) {
+    if (rank < 0 || rank >= c->size)
+        tsr_fatal("tsr_dist_slice: rank %d is not a rank (communicator size %d)", rank, c->size);
+    size_t p = (size_t)c->size, r = (size_t)rank;
     size_t q = n / p, m = n % p;
     *len = q + (r < m ? 1 : 0);
     *off = r * q + (r < m ? r : m);
@@ -211,15 +249,15 @@ typedef struct {
     float *tmp;
 } shard_plan;
 
-static void plan_init(shard_plan *s, size_t n, int need_tmp) {
-    s->p = tsr_world.size;
-    s->me = tsr_world.rank;
+static void plan_init(const tsr_comm *c, shard_plan *s, size_t n, int need_tmp) {
+    s->p = c->size;
+    s->me = c->rank;
     size_t p = (size_t)s->p;
     s->off = tsr_malloc(p * sizeof *s->off);
     s->len = tsr_malloc(p * sizeof *s->len);
     s->counts = tsr_malloc(p * sizeof *s->counts);
     s->displs = tsr_malloc(p * sizeof *s->displs);
-    for (int r = 0; r < s->p; r++) tsr_dist_slice(n, r, &s->off[r], &s->len[r]);
+    for (int r = 0; r < s->p; r++) tsr_dist_slice(c, n, r, &s->off[r], &s->len[r]);
     const size_t E = chunk_elems(sizeof(float));
     s->tmp = NULL;
     if (n <= E) {
@@ -258,14 +296,14 @@ static void plan_free(shard_plan *s) {
     free(s->tmp);
 }
 
-void tsr_dist_reduce_scatter_sum_f32(float *buf, size_t n) {
-    if (tsr_world.size == 1 || n == 0) return;
+void tsr_dist_reduce_scatter_sum_f32(const tsr_comm *c, float *buf, size_t n) {
+    if (c->size == 1 || n == 0) return;
     shard_plan s;
-    plan_init(&s, n, 1);
+    plan_init(c, &s, n, 1);
     const int me = s.me;
     if (s.direct) {
         /* In place: the input is all of buf, the result lands at the start of buf. */
-        MPI_CALL(MPI_Reduce_scatter, MPI_IN_PLACE, buf, s.counts, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+        MPI_CALL(MPI_Reduce_scatter, MPI_IN_PLACE, buf, s.counts, MPI_FLOAT, MPI_SUM, mpi_comm(c));
         if (s.off[me] > 0 && s.len[me] > 0) memmove(buf + s.off[me], buf, s.len[me] * sizeof *buf);
     } else {
         for (size_t k = 0; k < s.rounds; k++) {
@@ -274,50 +312,50 @@ void tsr_dist_reduce_scatter_sum_f32(float *buf, size_t n) {
             for (int r = 0; r < s.p; r++)
                 if (s.counts[r]) memcpy(s.tmp + s.displs[r], buf + s.off[r] + start, (size_t)s.counts[r] * sizeof *buf);
             float *dst = buf + s.off[me] + (s.counts[me] ? start : 0);
-            MPI_CALL(MPI_Reduce_scatter, s.tmp, dst, s.counts, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+            MPI_CALL(MPI_Reduce_scatter, s.tmp, dst, s.counts, MPI_FLOAT, MPI_SUM, mpi_comm(c));
         }
     }
     plan_free(&s);
-    count_bytes(n * sizeof *buf, (uint64_t)tsr_world.size - 1, (uint64_t)tsr_world.size);
+    count_bytes(n * sizeof *buf, (uint64_t)c->size - 1, (uint64_t)c->size);
 }
 
-void tsr_dist_allgather_f32(float *buf, size_t n) {
-    if (tsr_world.size == 1 || n == 0) return;
+void tsr_dist_allgather_f32(const tsr_comm *c, float *buf, size_t n) {
+    if (c->size == 1 || n == 0) return;
     shard_plan s;
-    plan_init(&s, n, 1);
+    plan_init(c, &s, n, 1);
     const int me = s.me;
     if (s.direct) {
         MPI_CALL(MPI_Allgatherv, MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, s.counts, s.displs, MPI_FLOAT,
-                 MPI_COMM_WORLD);
+                 mpi_comm(c));
     } else {
         for (size_t k = 0; k < s.rounds; k++) {
             plan_round(&s, k);
             size_t start = k * s.C;
             const float *src = buf + s.off[me] + (s.counts[me] ? start : 0);
             MPI_CALL(MPI_Allgatherv, src, s.counts[me], MPI_FLOAT, s.tmp, s.counts, s.displs, MPI_FLOAT,
-                     MPI_COMM_WORLD);
+                     mpi_comm(c));
             for (int r = 0; r < s.p; r++)
                 if (r != me && s.counts[r])
                     memcpy(buf + s.off[r] + start, s.tmp + s.displs[r], (size_t)s.counts[r] * sizeof *buf);
         }
     }
     plan_free(&s);
-    count_bytes(n * sizeof *buf, (uint64_t)tsr_world.size - 1, (uint64_t)tsr_world.size);
+    count_bytes(n * sizeof *buf, (uint64_t)c->size - 1, (uint64_t)c->size);
 }
 
-void tsr_dist_gather_f32(float *buf, size_t n, int root) {
-    check_root(root, "tsr_dist_gather_f32");
-    if (tsr_world.size == 1 || n == 0) return;
+void tsr_dist_gather_f32(const tsr_comm *c, float *buf, size_t n, int root) {
+    check_root(c, root, "tsr_dist_gather_f32");
+    if (c->size == 1 || n == 0) return;
     shard_plan s;
-    const int me = tsr_world.rank;
-    plan_init(&s, n, me == root);
+    const int me = c->rank;
+    plan_init(c, &s, n, me == root);
     if (s.direct) {
         if (me == root)
             MPI_CALL(MPI_Gatherv, MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, s.counts, s.displs, MPI_FLOAT, root,
-                     MPI_COMM_WORLD);
+                     mpi_comm(c));
         else
             MPI_CALL(MPI_Gatherv, buf + s.off[me], s.counts[me], MPI_FLOAT, NULL, NULL, NULL, MPI_FLOAT, root,
-                     MPI_COMM_WORLD);
+                     mpi_comm(c));
     } else {
         for (size_t k = 0; k < s.rounds; k++) {
             plan_round(&s, k);
@@ -325,14 +363,14 @@ void tsr_dist_gather_f32(float *buf, size_t n, int root) {
             if (me == root) {
                 /* The root's own part stays where it is (in place); tmp receives the others. */
                 MPI_CALL(MPI_Gatherv, MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, s.tmp, s.counts, s.displs, MPI_FLOAT,
-                         root, MPI_COMM_WORLD);
+                         root, mpi_comm(c));
                 for (int r = 0; r < s.p; r++)
                     if (r != me && s.counts[r])
                         memcpy(buf + s.off[r] + start, s.tmp + s.displs[r], (size_t)s.counts[r] * sizeof *buf);
             } else {
                 const float *src = buf + s.off[me] + (s.counts[me] ? start : 0);
                 MPI_CALL(MPI_Gatherv, src, s.counts[me], MPI_FLOAT, NULL, NULL, NULL, MPI_FLOAT, root,
-                         MPI_COMM_WORLD);
+                         mpi_comm(c));
             }
         }
     }
@@ -358,9 +396,9 @@ void tsr_dist_install_stop_signals(void) {
         tsr_fatal("installing the stop signal handlers: %s", strerror(errno));
 }
 
-int tsr_dist_stop_requested(void) {
+int tsr_dist_stop_requested(const tsr_comm *c) {
     int local = stop_flag ? 1 : 0;
-    return tsr_dist_agree_fail(local);
+    return tsr_dist_agree_fail(c, local);
 }
 
 /* ---------------------------------------------------------------- dynamic work distribution */
@@ -400,25 +438,6 @@ void tsr_dist_counter_free(tsr_dist_counter *c) {
     if (!c) return;
     if (c->remote) MPI_CALL(MPI_Win_free, &c->win);
     free(c);
-}
-
-static tsr_dist saved_world;
-static int narrowed = 0;
-
-void tsr_dist_narrow_to_self(void) {
-    if (narrowed) tsr_fatal("tsr_dist_narrow_to_self: already narrowed");
-    saved_world = tsr_world;
-    narrowed = 1;
-    tsr_world.rank = 0;
-    tsr_world.size = 1;
-    tsr_world.local_rank = 0;
-    tsr_world.local_size = 1;
-}
-
-void tsr_dist_restore_world(void) {
-    if (!narrowed) return;
-    tsr_world = saved_world;
-    narrowed = 0;
 }
 
 int tsr_dist_stop_flag_local(void) { return stop_flag ? 1 : 0; }

@@ -1,18 +1,32 @@
-/* trainer.h: the parameter-efficient trainer behind `tessera adapt`, `tessera pretrain` and every entry
- * of `tessera fewshot` (cmd_adapt.c). */
-#ifndef TSR_CMD_TRAINER_H
-#define TSR_CMD_TRAINER_H
+/* trainer.h: the one training loop of tessera. `tessera train` (full training of a backbone), `adapt`
+ * and `pretrain` (parameter-efficient and multi-task training), every entry of `tessera fewshot` and
+ * the gradient pass of `tessera analyze` all call tsr_train_run.
+ *
+ * The pieces (src/train/): tasks.c (which tasks, their examples and labels), sampler.c (the global
+ * batch, task ownership, augmentation), evaluate.c (accuracy per task), state.c (training-state
+ * checkpoints), optim.c (AdamW, schedule), trainer.c (set-up, step, synchronisation, evaluation,
+ * checkpoint and output parts of the loop) and grads.c (per-task gradients). */
+#ifndef TSR_TRAIN_TRAINER_H
+#define TSR_TRAIN_TRAINER_H
 #include <stddef.h>
 
+#include "dist/parallel.h"
 #include "io/tsr_config.h"
+
+/* exit status of a run stopped by a signal after writing its checkpoint (resubmit with --resume) */
+#define TSR_EXIT_REQUEUE 3
 
 typedef struct {
     int resume;   /* continue from the newest complete checkpoint in run.output_dir/checkpoints */
-    int quiet;    /* a sweep entry: no files written (curve, checkpoints, outputs), no requeue */
+    int quiet;    /* a sweep entry: no files written (curve, checkpoints, outputs) */
     int want_val; /* suites: also evaluate the validation split at every evaluation point */
     long grad_examples; /* > 0: no training; each rank computes, for the tasks t with t % ranks == rank,
                            the mean loss gradient of the adapter parameters (routing logits excluded)
                            over the task's first grad_examples training examples (tessera analyze) */
+    int backbone;       /* tessera train: every weight trained with one learning rate (train.lr) and
+                           weight decay (train.weight_decay), one task with the dataset's labels;
+                           writes backbone.safetensors in model.naming instead of model.safetensors */
+    long fault_nan_step; /* tests: the last rank's loss is NaN at this step (< 0: never) */
 } tsr_train_opts;
 
 typedef struct {
@@ -37,8 +51,11 @@ typedef struct {
 } tsr_train_result;
 
 /* Train as configured. cfg_text: the resolved configuration (stored in outputs). res may be NULL.
- * Returns 0, TSR_EXIT_REQUEUE (stopped by a signal, checkpoint written unless quiet) or 1 (error,
- * logged). Collective over tsr_world (a sweep entry runs with tsr_world narrowed to one rank). */
-int tsr_train_run(const tsr_config *cfg, const char *cfg_text, const tsr_train_opts *opts, tsr_train_result *res);
+ * Collective over ctx->comm (every rank of a job; one rank alone for a sweep entry); logs through
+ * ctx->log. A failure on any rank (data, files, divergence) ends the run on every rank: each returns 1
+ * and the failing rank's message is logged. Returns 0, TSR_EXIT_REQUEUE (stopped by a signal,
+ * checkpoint written unless quiet) or 1. */
+int tsr_train_run(const tsr_ctx *ctx, const tsr_config *cfg, const char *cfg_text, const tsr_train_opts *opts,
+                  tsr_train_result *res);
 void tsr_train_result_free(tsr_train_result *res);
 #endif

@@ -75,7 +75,7 @@ static int same_on_all_ranks(const tsr_align_result *r) {
     int ok = 1;
     for (int k = 0; k < 6; k++) {
         if (isnan(s[k])) s[k] = 12345.678; /* NaN mean_offdiag at T = 1 */
-        double hi = tsr_dist_allreduce_max_f64(s[k]), lo = -tsr_dist_allreduce_max_f64(-s[k]);
+        double hi = tsr_dist_allreduce_max_f64(tsr_comm_world(), s[k]), lo = -tsr_dist_allreduce_max_f64(tsr_comm_world(), -s[k]);
         if (hi != lo) ok = 0;
     }
     return ok;
@@ -487,9 +487,9 @@ int main(int argc, char **argv) {
     test_random();
 
     int64_t tot[2] = {n_pass, n_fail};
-    tsr_dist_allreduce_sum_i64(tot, 2);
+    tsr_dist_allreduce_sum_i64(tsr_comm_world(), tot, 2);
     double m[5] = {max_cos, max_eval, max_evec, max_norm, max_scalar};
-    for (int i = 0; i < 5; i++) m[i] = tsr_dist_allreduce_max_f64(m[i]);
+    for (int i = 0; i < 5; i++) m[i] = tsr_dist_allreduce_max_f64(tsr_comm_world(), m[i]);
     if (rank_ == 0) {
         printf("largest differences from the serial reference over %d ScaLAPACK calls: cosine %.3g, "
                "eigenvalues %.3g, eigenvectors (up to sign) %.3g, norms (relative) %.3g, mean/eff_rank %.3g "

@@ -36,7 +36,7 @@ static int64_t sum_vi(size_t i) {
 static int owner(size_t n, size_t i) {
     for (int r = 0; r < size_; r++) {
         size_t off, len;
-        tsr_dist_slice(n, r, &off, &len);
+        tsr_dist_slice(tsr_comm_world(), n, r, &off, &len);
         if (i >= off && i < off + len) return r;
     }
     return -1;
@@ -53,7 +53,7 @@ static void test_slices(void) {
         int ok = 1;
         for (int r = 0; r < size_; r++) {
             size_t off, len;
-            tsr_dist_slice(n, r, &off, &len);
+            tsr_dist_slice(tsr_comm_world(), n, r, &off, &len);
             if (off != next) ok = 0;
             if (len != n / (size_t)size_ + ((size_t)r < n % (size_t)size_ ? 1 : 0)) ok = 0;
             next = off + len;
@@ -75,11 +75,11 @@ static void test_allreduce(size_t n) {
         q[i] = vi(rank_, i);
     }
     uint64_t b0 = tsr_dist_bytes_sent();
-    tsr_dist_allreduce_sum_f32(f, n);
+    tsr_dist_allreduce_sum_f32(tsr_comm_world(), f, n);
     uint64_t b1 = tsr_dist_bytes_sent();
-    tsr_dist_allreduce_sum_f64(d, n);
+    tsr_dist_allreduce_sum_f64(tsr_comm_world(), d, n);
     uint64_t b2 = tsr_dist_bytes_sent();
-    tsr_dist_allreduce_sum_i64(q, n);
+    tsr_dist_allreduce_sum_i64(tsr_comm_world(), q, n);
     uint64_t b3 = tsr_dist_bytes_sent();
     size_t bad_f = n, bad_d = n, bad_q = n;
     for (size_t i = n; i-- > 0;) {
@@ -114,13 +114,13 @@ static void test_sharded(size_t n) {
     size_t m = n ? n : 1;
     float *a = malloc(m * sizeof *a), *b = malloc(m * sizeof *b);
     size_t off, len;
-    tsr_dist_slice(n, rank_, &off, &len);
+    tsr_dist_slice(tsr_comm_world(), n, rank_, &off, &len);
 
     /* reduce-scatter: this rank's slice holds the closed-form sum */
     ctx = "reduce_scatter";
     for (size_t i = 0; i < n; i++) a[i] = vf(rank_, i);
     uint64_t b0 = tsr_dist_bytes_sent();
-    tsr_dist_reduce_scatter_sum_f32(a, n);
+    tsr_dist_reduce_scatter_sum_f32(tsr_comm_world(), a, n);
     uint64_t b1 = tsr_dist_bytes_sent();
     size_t bad = n;
     for (size_t i = off + len; i-- > off;)
@@ -131,10 +131,10 @@ static void test_sharded(size_t n) {
 
     /* then all-gather: equals allreduce, exactly (integer-valued floats) */
     ctx = "reduce_scatter+allgather";
-    tsr_dist_allgather_f32(a, n);
+    tsr_dist_allgather_f32(tsr_comm_world(), a, n);
     uint64_t b2 = tsr_dist_bytes_sent();
     for (size_t i = 0; i < n; i++) b[i] = vf(rank_, i);
-    tsr_dist_allreduce_sum_f32(b, n);
+    tsr_dist_allreduce_sum_f32(tsr_comm_world(), b, n);
     CHECK(n == 0 || memcmp(a, b, n * sizeof *a) == 0, "n=%zu: differs from allreduce", n);
     CHECK(b2 - b1 == est(n * 4, (uint64_t)size_ - 1), "allgather n=%zu counted %llu bytes", n,
           (unsigned long long)(b2 - b1));
@@ -143,9 +143,9 @@ static void test_sharded(size_t n) {
     ctx = "reduce_scatter+allgather random";
     uint32_t s = 12345u + 977u * (uint32_t)rank_;
     for (size_t i = 0; i < n; i++) a[i] = b[i] = (float)lcg(&s) / 16777216.0f - 0.5f;
-    tsr_dist_reduce_scatter_sum_f32(a, n);
-    tsr_dist_allgather_f32(a, n);
-    tsr_dist_allreduce_sum_f32(b, n);
+    tsr_dist_reduce_scatter_sum_f32(tsr_comm_world(), a, n);
+    tsr_dist_allgather_f32(tsr_comm_world(), a, n);
+    tsr_dist_allreduce_sum_f32(tsr_comm_world(), b, n);
     double worst = 0;
     for (size_t i = 0; i < n; i++) {
         double e = fabs((double)a[i] - (double)b[i]);
@@ -156,7 +156,7 @@ static void test_sharded(size_t n) {
     /* all-gather alone: the rest of buf starts as garbage */
     ctx = "allgather";
     for (size_t i = 0; i < n; i++) a[i] = (i >= off && i < off + len) ? vf(rank_, i) : -1.0f;
-    tsr_dist_allgather_f32(a, n);
+    tsr_dist_allgather_f32(tsr_comm_world(), a, n);
     bad = n;
     for (size_t i = n; i-- > 0;)
         if (a[i] != vf(owner(n, i), i)) bad = i;
@@ -169,7 +169,7 @@ static void test_sharded(size_t n) {
         int root = roots[t];
         for (size_t i = 0; i < n; i++) a[i] = (i >= off && i < off + len) ? vf(rank_, i) : -1.0f;
         uint64_t g0 = tsr_dist_bytes_sent();
-        tsr_dist_gather_f32(a, n, root);
+        tsr_dist_gather_f32(tsr_comm_world(), a, n, root);
         uint64_t g1 = tsr_dist_bytes_sent();
         bad = n;
         for (size_t i = n; i-- > 0;) {
@@ -193,7 +193,7 @@ static void test_bcast(size_t n) {
         int root = roots[t];
         for (size_t i = 0; i < n; i++) c[i] = rank_ == root ? (unsigned char)(i * 31 + 7 + (size_t)root) : 0;
         uint64_t b0 = tsr_dist_bytes_sent();
-        tsr_dist_bcast(c, n, root);
+        tsr_dist_bcast(tsr_comm_world(), c, n, root);
         uint64_t b1 = tsr_dist_bytes_sent();
         size_t bad = n;
         for (size_t i = n; i-- > 0;)
@@ -207,14 +207,14 @@ static void test_bcast(size_t n) {
 
 static void test_max(void) {
     ctx = "max";
-    CHECK(tsr_dist_allreduce_max_f64(rank_ * 1.5 - 10) == (size_ - 1) * 1.5 - 10, "f64 of rank*1.5-10");
-    CHECK(tsr_dist_allreduce_max_f64(-1.0 - rank_) == -1.0, "f64 of -1-rank (max is not a sum)");
-    CHECK(tsr_dist_allreduce_max_int(7 * rank_ - 3) == 7 * (size_ - 1) - 3, "int of 7*rank-3");
-    CHECK(tsr_dist_allreduce_max_int(-5 - rank_) == -5, "int of -5-rank");
-    CHECK(tsr_dist_allreduce_max_int(rank_ == size_ - 1 ? 42 : 0) == 42, "int: only the last rank has 42");
+    CHECK(tsr_dist_allreduce_max_f64(tsr_comm_world(), rank_ * 1.5 - 10) == (size_ - 1) * 1.5 - 10, "f64 of rank*1.5-10");
+    CHECK(tsr_dist_allreduce_max_f64(tsr_comm_world(), -1.0 - rank_) == -1.0, "f64 of -1-rank (max is not a sum)");
+    CHECK(tsr_dist_allreduce_max_int(tsr_comm_world(), 7 * rank_ - 3) == 7 * (size_ - 1) - 3, "int of 7*rank-3");
+    CHECK(tsr_dist_allreduce_max_int(tsr_comm_world(), -5 - rank_) == -5, "int of -5-rank");
+    CHECK(tsr_dist_allreduce_max_int(tsr_comm_world(), rank_ == size_ - 1 ? 42 : 0) == 42, "int: only the last rank has 42");
     ctx = "agree_fail";
-    CHECK(tsr_dist_agree_fail(0) == 0, "nobody failed");
-    CHECK(tsr_dist_agree_fail(rank_ == size_ - 1) == 1, "the last rank failed");
+    CHECK(tsr_dist_agree_fail(tsr_comm_world(), 0) == 0, "nobody failed");
+    CHECK(tsr_dist_agree_fail(tsr_comm_world(), rank_ == size_ - 1) == 1, "the last rank failed");
 }
 
 int main(int argc, char **argv) {
@@ -224,7 +224,7 @@ int main(int argc, char **argv) {
     tsr_dist_install_stop_signals();
 
     ctx = "stop (nobody raised)";
-    CHECK(tsr_dist_stop_requested() == 0, "stop requested although no rank got a signal");
+    CHECK(tsr_dist_stop_requested(tsr_comm_world()) == 0, "stop requested although no rank got a signal");
 
     test_slices();
     test_max();
@@ -249,13 +249,13 @@ int main(int argc, char **argv) {
     ctx = "stop (rank 1 raised SIGUSR2)";
     int raiser = size_ > 1 ? 1 : 0;
     if (rank_ == raiser) raise(SIGUSR2);
-    CHECK(tsr_dist_stop_requested() == 1, "stop not seen on rank %d", rank_);
+    CHECK(tsr_dist_stop_requested(tsr_comm_world()) == 1, "stop not seen on rank %d", rank_);
     ctx = "stop (SIGTERM)";
     raise(SIGTERM);
-    CHECK(tsr_dist_stop_requested() == 1, "still requested after SIGTERM");
+    CHECK(tsr_dist_stop_requested(tsr_comm_world()) == 1, "still requested after SIGTERM");
 
     int64_t tot[2] = {n_pass, n_fail};
-    tsr_dist_allreduce_sum_i64(tot, 2);
+    tsr_dist_allreduce_sum_i64(tsr_comm_world(), tot, 2);
     if (rank_ == 0) {
         printf("test_collectives (%d rank%s): %lld passed, %lld failed\n", size_, size_ > 1 ? "s" : "",
                (long long)tot[0], (long long)tot[1]);

@@ -1,0 +1,178 @@
+/* state.c: training-state checkpoints (state.h). */
+#define _POSIX_C_SOURCE 200809L
+#include "train/state.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/common.h"
+#include "io/safetensors.h"
+
+static void fsync_path(const char *p) {
+    int fd = open(p, O_RDONLY);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
+static int rm_ckpt(const char *dir) {
+    char p[1400];
+    const char *files[] = {"state.safetensors", "DONE"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        unlink(p);
+    }
+    return rmdir(dir);
+}
+
+/* The newest complete checkpoint below step `below` (0: none). */
+static long latest(const char *root, long below) {
+    DIR *d = opendir(root);
+    if (!d) return 0;
+    long best = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long n;
+        char tail[8];
+        if (sscanf(e->d_name, "step-%ld%7s", &n, tail) != 1) continue;
+        char done[1400];
+        snprintf(done, sizeof done, "%s/%s/DONE", root, e->d_name);
+        if (access(done, F_OK) == 0 && n > best && n < below) best = n;
+    }
+    closedir(d);
+    return best;
+}
+
+static int write_state(const tsr_train_state *s, const char *path, long step, double first_loss, const char *cfg_text) {
+    tsr_st_writer *w = tsr_st_writer_new();
+    int64_t sh[1];
+#define ADD(name, ptr, n) do { sh[0] = (int64_t)(n); tsr_st_writer_add(w, name, TSR_DT_F32, 1, sh, ptr); } while (0)
+    ADD("model", s->m->params_mem, s->m->num_params);
+    ADD("opt.model.m", s->om->m, s->om->n);
+    ADD("opt.model.v", s->om->v, s->om->n);
+    if (s->ad) {
+        ADD("adapters", s->ad->params, s->ad->num_params);
+        ADD("opt.adapters.m", s->oa->m, s->oa->n);
+        ADD("opt.adapters.v", s->oa->v, s->oa->n);
+    }
+    if (s->mo && s->ob) {
+        ADD("mosa.bias", s->mo->bias_params, s->mo->nbias);
+        ADD("opt.mosa.m", s->ob->m, s->ob->n);
+        ADD("opt.mosa.v", s->ob->v, s->ob->n);
+    }
+#undef ADD
+    char v[5][40];
+    snprintf(v[0], 40, "%ld", step);
+    snprintf(v[1], 40, "%ld", s->om->t);
+    snprintf(v[2], 40, "%ld", s->oa ? s->oa->t : 0L);
+    snprintf(v[3], 40, "%ld", s->ob ? s->ob->t : 0L);
+    snprintf(v[4], 40, "%.17g", first_loss);
+    const char *keys[5] = {"step", "opt.model.t", "opt.adapters.t", "opt.mosa.t", "first_loss"};
+    for (int i = 0; i < 5; i++) tsr_st_writer_meta(w, keys[i], v[i]);
+    tsr_st_writer_meta(w, "config", cfg_text);
+    int rc = tsr_st_writer_write(w, path);
+    tsr_st_writer_free(w);
+    return rc;
+}
+
+int tsr_state_save(const tsr_train_state *s, const char *out, long step, int keep, double first_loss,
+                   const char *cfg_text) {
+    char root[1100], dir[1300], tmpd[1320], p[1400], sv[32];
+    snprintf(root, sizeof root, "%s/checkpoints", out);
+    snprintf(dir, sizeof dir, "%s/step-%08ld", root, step);
+    snprintf(tmpd, sizeof tmpd, "%s.tmp", dir);
+    if (tsr_mkdirs(root) != 0) return -1;
+    rm_ckpt(tmpd);
+    if (tsr_mkdirs(tmpd) != 0) return -1;
+    snprintf(p, sizeof p, "%s/state.safetensors", tmpd);
+    int rc = write_state(s, p, step, first_loss, cfg_text);
+    snprintf(sv, sizeof sv, "%ld", step);
+    snprintf(p, sizeof p, "%s/DONE", tmpd);
+    if (rc == 0) rc = tsr_write_file_atomic(p, sv, strlen(sv));
+    if (rc != 0) {
+        rm_ckpt(tmpd); /* nothing half-written stays behind */
+        return -1;
+    }
+    fsync_path(tmpd);
+    rm_ckpt(dir);
+    if (rename(tmpd, dir) != 0) {
+        int e = errno;
+        rm_ckpt(tmpd);
+        return tsr_error("%s: cannot rename to %s (%s)", tmpd, dir, strerror(e));
+    }
+    fsync_path(root);
+    /* keep the newest `keep` complete checkpoints */
+    for (long below = step + 1, kept = 0;;) {
+        long n = latest(root, below);
+        if (n <= 0) break;
+        if (++kept > keep) {
+            snprintf(dir, sizeof dir, "%s/step-%08ld", root, n);
+            rm_ckpt(dir);
+        }
+        below = n;
+    }
+    return 0;
+}
+
+static int read_vec(const tsr_st_file *f, const char *name, float *dst, size_t n) {
+    const tsr_st_tensor *t = tsr_st_find(f, name);
+    if (!t) return tsr_error("%s: tensor '%s' missing", f->path, name);
+    if (t->numel != (int64_t)n)
+        return tsr_error("%s: tensor '%s' has %lld values, this run has %zu (a checkpoint of another configuration?)",
+                         f->path, name, (long long)t->numel, n);
+    return tsr_st_read_f32(f, t, dst, (int64_t)n);
+}
+
+long tsr_state_load_latest(tsr_train_state *s, const char *out, double *first_loss) {
+    char root[1100], p[1400];
+    snprintf(root, sizeof root, "%s/checkpoints", out);
+    long step = latest(root, 1L << 62);
+    if (step == 0) return 0;
+    snprintf(p, sizeof p, "%s/step-%08ld/state.safetensors", root, step);
+    tsr_st_file f;
+    if (tsr_st_open(&f, p) != 0) return -1;
+    int bad = read_vec(&f, "model", s->m->params_mem, s->m->num_params) || read_vec(&f, "opt.model.m", s->om->m, s->om->n) ||
+              read_vec(&f, "opt.model.v", s->om->v, s->om->n);
+    if (!bad && s->ad)
+        bad = read_vec(&f, "adapters", s->ad->params, s->ad->num_params) ||
+              read_vec(&f, "opt.adapters.m", s->oa->m, s->oa->n) || read_vec(&f, "opt.adapters.v", s->oa->v, s->oa->n);
+    if (!bad && s->mo && s->ob)
+        bad = read_vec(&f, "mosa.bias", s->mo->bias_params, s->mo->nbias) ||
+              read_vec(&f, "opt.mosa.m", s->ob->m, s->ob->n) || read_vec(&f, "opt.mosa.v", s->ob->v, s->ob->n);
+    if (!bad) {
+        const char *t1 = tsr_st_meta(&f, "opt.model.t"), *t2 = tsr_st_meta(&f, "opt.adapters.t"),
+                   *t3 = tsr_st_meta(&f, "opt.mosa.t"), *fl = tsr_st_meta(&f, "first_loss");
+        if (!t1 || !t2 || !t3 || !fl) bad = tsr_error("%s: metadata (opt.*.t, first_loss) missing", p) != 0;
+        else {
+            s->om->t = atol(t1);
+            if (s->oa) s->oa->t = atol(t2);
+            if (s->ob) s->ob->t = atol(t3);
+            *first_loss = atof(fl);
+        }
+    }
+    tsr_st_close(&f);
+    return bad ? -1 : step;
+}
+
+void tsr_curve_keep_until(const char *path, long step) {
+    char *text;
+    size_t n;
+    if (tsr_read_file(path, &text, &n) != 0) return;
+    size_t keep = 0;
+    for (size_t i = 0; i < n;) {
+        size_t j = i;
+        while (j < n && text[j] != '\n') j++;
+        long s = atol(text + i);
+        if (i > 0 && s > step) break;
+        i = j + 1;
+        keep = i < n ? i : n;
+    }
+    tsr_write_file_atomic(path, text, keep);
+    free(text);
+}

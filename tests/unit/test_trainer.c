@@ -1,0 +1,269 @@
+/* test_trainer.c: the trainer's own pieces (src/train/): the sampler is independent of the rank count,
+ * a training-state checkpoint round trip is exact, and one step of tsr_train_run equals an AdamW update
+ * computed by hand from the model's gradient on the same batch. */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "test_util.h"
+
+#include "adapters/adapt_step.h"
+#include "adapters/adapters.h"
+#include "core/rng.h"
+#include "dist/parallel.h"
+#include "io/safetensors.h"
+#include "io/tsr_config.h"
+#include "model/vit.h"
+#include "train/optim.h"
+#include "train/sampler.h"
+#include "train/state.h"
+#include "train/tasks.h"
+#include "train/trainer.h"
+
+static int setup_dir(void **st) {
+    (void)st;
+    snprintf(g_dir, sizeof g_dir, "/tmp/tsr_trainer_XXXXXX");
+    return mkdtemp(g_dir) ? 0 : -1;
+}
+
+static int teardown_dir(void **st) {
+    (void)st;
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+/* Every slot of every step is computed by exactly one rank, and the (task, example) of each slot is the
+ * same for 1 to 6 ranks, with more or fewer tasks than ranks and unequal task sizes. */
+static void test_sampler_rank_independent(void **st) {
+    (void)st;
+    enum { G = 24, STEPS = 30 };
+    const int ntask_cases[] = {1, 2, 3, 7};
+    for (size_t c = 0; c < sizeof ntask_cases / sizeof ntask_cases[0]; c++) {
+        int nt = ntask_cases[c];
+        int64_t weight[7];
+        for (int t = 0; t < nt; t++) weight[t] = 5 + 13 * t % 7;
+        int ref_task[STEPS][G];
+        int64_t ref_ex[STEPS][G];
+        for (int R = 1; R <= 6; R++) {
+            tsr_sampler sp[6];
+            for (int r = 0; r < R; r++) {
+                tsr_sampler_init(&sp[r], nt, R, weight);
+                for (int t = 0; t < nt; t++) sp[r].count[t] = weight[t];
+            }
+            for (int step = 0; step < STEPS; step++) {
+                int seen[G] = {0};
+                for (int r = 0; r < R; r++) {
+                    int task[G], slot[G];
+                    int64_t ex[G];
+                    int n = tsr_sampler_local(&sp[r], 1234, step, G, r, task, ex, slot);
+                    for (int i = 0; i < n; i++) {
+                        int j = slot[i];
+                        seen[j]++;
+                        assert_true(tsr_sampler_owns(&sp[r], task[i], r));
+                        assert_true(ex[i] >= 0 && ex[i] < weight[task[i]]);
+                        if (R == 1) {
+                            ref_task[step][j] = task[i];
+                            ref_ex[step][j] = ex[i];
+                        } else {
+                            assert_int_equal(task[i], ref_task[step][j]);
+                            assert_int_equal(ex[i], ref_ex[step][j]);
+                        }
+                    }
+                }
+                for (int j = 0; j < G; j++) assert_int_equal(seen[j], 1);
+            }
+            for (int r = 0; r < R; r++) tsr_sampler_free(&sp[r]);
+        }
+    }
+}
+
+/* The augmentation depends only on (seed, step, slot) and is a crop with reflection: every output pixel
+ * is an input pixel of the same channel. */
+static void test_augment_deterministic(void **st) {
+    (void)st;
+    enum { C = 2, S = 6 };
+    float x[C * S * S], a[C * S * S], b[C * S * S], tmp[S * S];
+    for (int i = 0; i < C * S * S; i++) x[i] = (float)i;
+    memcpy(a, x, sizeof x);
+    memcpy(b, x, sizeof x);
+    tsr_augment(a, C, S, 7, 3, 5, 1, tmp);
+    tsr_augment(b, C, S, 7, 3, 5, 1, tmp);
+    assert_memory_equal(a, b, sizeof a);
+    int changed = 0;
+    for (int step = 0; step < 20; step++) {
+        memcpy(a, x, sizeof x);
+        tsr_augment(a, C, S, 7, step, 0, 1, tmp);
+        for (int i = 0; i < C * S * S; i++) {
+            int c = i / (S * S);
+            assert_true(a[i] >= c * S * S && a[i] < (c + 1) * S * S);
+            changed += a[i] != x[i];
+        }
+    }
+    assert_true(changed > 0);
+}
+
+static void fill(float *p, size_t n, uint64_t seed) {
+    tsr_rng r;
+    tsr_rng_seed(&r, seed);
+    for (size_t i = 0; i < n; i++) p[i] = (float)(tsr_rng_u64(&r) % 2001) / 1000.0f - 1.0f;
+}
+
+/* Save at steps 5, 10, 15 with keep = 2, load into zeroed copies: step 15, every tensor and count exact,
+ * only the two newest directories left, no temporary; an incomplete directory (no DONE) is ignored. */
+static void test_state_round_trip(void **st) {
+    (void)st;
+    tsr_vit_config vc = {8, 4, 1, 8, 1, 2, 16, 3, 1e-6};
+    tsr_vit m, m2;
+    assert_int_equal(tsr_vit_create(&m, &vc, 2), 0);
+    assert_int_equal(tsr_vit_create(&m2, &vc, 2), 0);
+    tsr_adapter_config ac = {.lora_sites = 1 << TSR_LORA_Q | 1 << TSR_LORA_V, .lora_rank = 2, .lora_alpha = 2,
+                             .skills = 2, .heads = 2, .n_tasks = 3, .tau = 1, .layer_max = -1};
+    tsr_adapters ad, ad2;
+    assert_int_equal(tsr_adapters_create(&ad, &ac, vc.depth, vc.dim, vc.mlp_dim, m.tokens, 2), 0);
+    assert_int_equal(tsr_adapters_create(&ad2, &ac, vc.depth, vc.dim, vc.mlp_dim, m.tokens, 2), 0);
+    tsr_adamw om, oa, om2, oa2;
+    tsr_adamw_init(&om, m.num_params, 0.9, 0.999, 1e-8);
+    tsr_adamw_init(&oa, ad.num_params, 0.9, 0.999, 1e-8);
+    tsr_adamw_init(&om2, m.num_params, 0.9, 0.999, 1e-8);
+    tsr_adamw_init(&oa2, ad.num_params, 0.9, 0.999, 1e-8);
+    fill(m.params_mem, m.num_params, 1);
+    fill(om.m, om.n, 2);
+    fill(om.v, om.n, 3);
+    fill(ad.params, ad.num_params, 4);
+    fill(oa.m, oa.n, 5);
+    fill(oa.v, oa.n, 6);
+    om.t = 15;
+    oa.t = 14;
+    tsr_train_state s = {&m, &ad, NULL, &om, &oa, NULL};
+    const char *out = tpath("run");
+    for (long step = 5; step <= 15; step += 5) assert_int_equal(tsr_state_save(&s, out, step, 2, 2.5, "a: 1\n"), 0);
+    assert_int_equal(access(tpath("run/checkpoints/step-00000005"), F_OK), -1);
+    assert_int_equal(access(tpath("run/checkpoints/step-00000010/DONE"), F_OK), 0);
+    assert_int_equal(access(tpath("run/checkpoints/step-00000015/DONE"), F_OK), 0);
+    assert_int_equal(access(tpath("run/checkpoints/step-00000015.tmp"), F_OK), -1);
+    mkdir(tpath("run/checkpoints/step-00000020"), 0755); /* a checkpoint that never completed */
+    tsr_train_state s2 = {&m2, &ad2, NULL, &om2, &oa2, NULL};
+    double first = 0;
+    assert_int_equal(tsr_state_load_latest(&s2, out, &first), 15);
+    assert_true(first == 2.5);
+    assert_memory_equal(m2.params_mem, m.params_mem, sizeof(float) * m.num_params);
+    assert_memory_equal(ad2.params, ad.params, sizeof(float) * ad.num_params);
+    assert_memory_equal(om2.m, om.m, sizeof(float) * om.n);
+    assert_memory_equal(om2.v, om.v, sizeof(float) * om.n);
+    assert_memory_equal(oa2.m, oa.m, sizeof(float) * oa.n);
+    assert_memory_equal(oa2.v, oa.v, sizeof(float) * oa.n);
+    assert_int_equal(om2.t, 15);
+    assert_int_equal(oa2.t, 14);
+    /* a checkpoint of another configuration is refused, naming the tensor */
+    tsr_adapter_config ac3 = ac;
+    ac3.lora_rank = 3;
+    tsr_adapters ad3;
+    tsr_adamw oa3;
+    assert_int_equal(tsr_adapters_create(&ad3, &ac3, vc.depth, vc.dim, vc.mlp_dim, m.tokens, 2), 0);
+    tsr_adamw_init(&oa3, ad3.num_params, 0.9, 0.999, 1e-8);
+    tsr_train_state s3 = {&m2, &ad3, NULL, &om2, &oa3, NULL};
+    assert_int_equal(tsr_state_load_latest(&s3, out, &first), -1);
+    expect_error("'adapters'", "another configuration", NULL);
+    tsr_adamw_free(&oa3);
+    tsr_adapters_destroy(&ad3);
+    tsr_adamw_free(&om);
+    tsr_adamw_free(&oa);
+    tsr_adamw_free(&om2);
+    tsr_adamw_free(&oa2);
+    tsr_adapters_destroy(&ad);
+    tsr_adapters_destroy(&ad2);
+    tsr_vit_destroy(&m);
+    tsr_vit_destroy(&m2);
+}
+
+/* One step of a linear probe through tsr_train_run (the sampler, the data, the loss, the all-reduce
+ * path, AdamW) against the update computed here: the batch drawn by the sampler, the model's gradient of
+ * the mean loss, and AdamW's first step by hand: p - lr * g / (|g| + eps) (bias-corrected moments of one
+ * step are g and g^2; no weight decay, no clipping, no warmup: the schedule's factor is 1 at step 0). */
+static void test_one_step_by_hand(void **st) {
+    (void)st;
+    char outset[400];
+    snprintf(outset, sizeof outset, "run.output_dir=\"%s\"", tpath("probe"));
+    char *sets[] = {"model.dim=16", "model.depth=1", "model.heads=2", "model.mlp_dim=32", "train.steps=1",
+                    "train.batch_size=8", "train.warmup_steps=0", "train.grad_clip=0", "train.eval_every=1",
+                    "train.eval_limit=16", "adapt.mode=probe", "optim.head_lr=0.01", "optim.head_wd=0",
+                    "data.augment=false", "run.seed=11", outset};
+    int nset = (int)(sizeof sets / sizeof sets[0]);
+    tsr_config cfg;
+    if (tsr_config_load(&cfg, NULL, nset, sets) != 0) fail_msg("%s", tsr_last_error());
+    assert_int_equal(tsr_mkdirs(cfg.run.output_dir), 0);
+    tsr_ctx ctx = tsr_ctx_world();
+    ctx.log.level = TSR_LOG_ERROR;
+    tsr_train_opts o = {.fault_nan_step = -1};
+    assert_int_equal(tsr_train_run(&ctx, &cfg, "test", &o, NULL), 0);
+
+    /* by hand: the same initial model, the sampler's batch, the gradient */
+    tsr_vit_config vc = {(int)cfg.model.image_size, (int)cfg.model.patch_size, (int)cfg.model.channels,
+                         (int)cfg.model.dim, (int)cfg.model.depth, (int)cfg.model.heads,
+                         (int)cfg.model.mlp_dim, (int)cfg.model.num_classes, cfg.model.ln_eps};
+    int B = (int)cfg.train.batch_size, K = vc.num_classes;
+    tsr_vit m;
+    assert_int_equal(tsr_vit_create(&m, &vc, B), 0);
+    tsr_vit_init_random(&m, (uint64_t)cfg.run.seed);
+    tsr_tasks ts;
+    assert_int_equal(tsr_tasks_select(&ts, &cfg, K, 0), 0);
+    tsr_sampler sp;
+    tsr_sampler_init(&sp, ts.ntasks, 1, ts.weight);
+    sp.count[0] = tsr_tasks_count(&ts, TSR_SPLIT_TRAIN, 0);
+    int task[64], slot[64], y[64];
+    int64_t ex[64];
+    assert_int_equal(tsr_sampler_local(&sp, (uint64_t)cfg.run.seed, 0, B, 0, task, ex, slot), B);
+    size_t per = (size_t)vc.channels * vc.image_size * vc.image_size;
+    float *x = malloc(sizeof(float) * per * B);
+    for (int i = 0; i < B; i++) assert_int_equal(tsr_tasks_get(&ts, TSR_SPLIT_TRAIN, task[i], ex[i], x + per * i, &y[i]), 0);
+    tsr_vit_zero_grad(&m);
+    tsr_vit_forward(&m, x, y, B);
+    tsr_vit_trainable probe = {0, 0, 0, 1, 0, 0};
+    tsr_vit_backward(&m, &probe);
+
+    tsr_st_file f;
+    assert_int_equal(tsr_st_open(&f, tpath("probe/model.safetensors")), 0);
+    const tsr_st_tensor *hw = tsr_st_find(&f, "head.weight");
+    assert_non_null(hw);
+    size_t nh = (size_t)K * vc.dim;
+    float *got = malloc(sizeof(float) * nh);
+    assert_int_equal(tsr_st_read_f32(&f, hw, got, (int64_t)nh), 0);
+    tsr_st_close(&f);
+    double lr = cfg.optim.head_lr, worst = 0;
+    int moved = 0;
+    for (size_t i = 0; i < nh; i++) {
+        double g = m.grads.headw[i], p0 = m.params.headw[i];
+        double want = p0 - lr * g / (fabs(g) + 1e-8);
+        if (fabs(g) < 1e-6) continue; /* the update's size depends on g's last bits there */
+        double d = fabs(got[i] - want);
+        if (d > worst) worst = d;
+        moved += fabs(got[i] - p0) > 0.5 * lr;
+    }
+    print_message("  one probe step: %d of %zu head weights moved by ~lr; max |trainer - hand| = %.3g\n", moved, nh, worst);
+    assert_true(worst < 1e-6);
+    assert_true(moved > (int)(nh / 2));
+    free(got);
+    free(x);
+    tsr_sampler_free(&sp);
+    tsr_tasks_free(&ts);
+    tsr_vit_destroy(&m);
+}
+
+int main(void) {
+    tsr_log_level = TSR_LOG_ERROR;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sampler_rank_independent),
+        cmocka_unit_test(test_augment_deterministic),
+        cmocka_unit_test(test_state_round_trip),
+        cmocka_unit_test(test_one_step_by_hand),
+    };
+    return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
+}

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Plot a training curve written by `tessera train` (RUN_DIR/train_log.csv) to a PNG.
+"""Plot a training curve written by `tessera train`, `adapt` or `pretrain` (RUN_DIR/train_log.csv) to a PNG.
 
 usage: /usr/bin/python3 analysis/plot_curve.py RUN_DIR [OUT.png]
 Uses Debian's python3-matplotlib. Refuses a file that lacks the expected columns.
@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLUMNS = ["step", "lr", "train_loss", "grad_norm", "test_loss", "test_accuracy", "images_per_s"]
+COLUMNS = ["step", "lr_factor", "train_loss", "grad_norm", "test_accuracy", "images_per_s"]
 
 
 def main():

@@ -82,39 +82,41 @@ double tsr_lr_schedule(long step, long total, long warmup, double lr, double min
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + cos(pi * progress));
 }
 
-double tsr_clip_grad_norm(float *grads, const tsr_adamw *o, double max_norm) {
-    /* One partial sum per NORM_BLOCK elements of each group, summed in order afterwards. */
-    size_t nblocks = 0;
-    for (int gi = 0; gi < o->ngroups; gi++) nblocks += (o->groups[gi].count + NORM_BLOCK - 1) / NORM_BLOCK;
-    double *part = tsr_malloc((nblocks ? nblocks : 1) * sizeof(double));
-    size_t base = 0;
-    for (int gi = 0; gi < o->ngroups; gi++) {
-        const tsr_param_group *g = &o->groups[gi];
-        const float *gr = grads + g->offset;
-        const long nb = (long)((g->count + NORM_BLOCK - 1) / NORM_BLOCK);
-        const size_t cnt = g->count;
-#pragma omp parallel for schedule(static) if (cnt >= OMP_MIN_ELEMS)
-        for (long b = 0; b < nb; b++) {
-            size_t lo = (size_t)b * NORM_BLOCK, hi = lo + NORM_BLOCK < cnt ? lo + NORM_BLOCK : cnt;
-            double s = 0;
-            for (size_t i = lo; i < hi; i++) s += (double)gr[i] * gr[i];
-            part[base + (size_t)b] = s;
-        }
-        base += (size_t)nb;
+double tsr_sumsq(const float *x, size_t n) {
+    /* One partial sum per NORM_BLOCK elements, summed in order afterwards: the same result for any
+     * number of threads. */
+    const long nb = (long)((n + NORM_BLOCK - 1) / NORM_BLOCK);
+    double *part = tsr_malloc((nb ? (size_t)nb : 1) * sizeof(double));
+#pragma omp parallel for schedule(static) if (n >= OMP_MIN_ELEMS)
+    for (long b = 0; b < nb; b++) {
+        size_t lo = (size_t)b * NORM_BLOCK, hi = lo + NORM_BLOCK < n ? lo + NORM_BLOCK : n;
+        double s = 0;
+        for (size_t i = lo; i < hi; i++) s += (double)x[i] * x[i];
+        part[b] = s;
     }
     double sum = 0;
-    for (size_t b = 0; b < nblocks; b++) sum += part[b];
+    for (long b = 0; b < nb; b++) sum += part[b];
     free(part);
-    const double norm = sqrt(sum);
-    if (!isfinite(norm) || !(max_norm > 0)) return norm;
+    return sum;
+}
+
+double tsr_clip_coef(double norm, double max_norm) {
+    if (!isfinite(norm) || !(max_norm > 0)) return 1.0;
     const double coef = max_norm / (norm + 1e-6);
-    if (coef >= 1.0) return norm;
-    for (int gi = 0; gi < o->ngroups; gi++) {
-        const tsr_param_group *g = &o->groups[gi];
-        float *gr = grads + g->offset;
-        const long cnt = (long)g->count;
+    return coef < 1.0 ? coef : 1.0;
+}
+
+void tsr_scale(float *x, size_t n, double coef) {
+    const long cnt = (long)n;
 #pragma omp parallel for schedule(static) if (cnt >= OMP_MIN_ELEMS)
-        for (long i = 0; i < cnt; i++) gr[i] = (float)(gr[i] * coef);
-    }
+    for (long i = 0; i < cnt; i++) x[i] = (float)(x[i] * coef);
+}
+
+double tsr_clip_grad_norm(float *grads, const tsr_adamw *o, double max_norm) {
+    double sum = 0;
+    for (int gi = 0; gi < o->ngroups; gi++) sum += tsr_sumsq(grads + o->groups[gi].offset, o->groups[gi].count);
+    const double norm = sqrt(sum), coef = tsr_clip_coef(norm, max_norm);
+    if (coef < 1.0)
+        for (int gi = 0; gi < o->ngroups; gi++) tsr_scale(grads + o->groups[gi].offset, o->groups[gi].count, coef);
     return norm;
 }

@@ -59,5 +59,11 @@ double tsr_lr_schedule(long step, long total, long warmup, double lr, double min
  * clipping. A non-finite norm (inf/NaN gradients) is returned as is and grads are left unchanged, so
  * the caller can detect it and skip the step. */
 double tsr_clip_grad_norm(float *grads, const tsr_adamw *o, double max_norm);
+/* Its pieces, for vectors laid out otherwise (the trainer's flat synchronised vector): the sum of
+ * squares (double, blocked: the same for any thread count), the clip coefficient (1: no clipping;
+ * also for a non-finite norm), and x *= coef. */
+double tsr_sumsq(const float *x, size_t n);
+double tsr_clip_coef(double norm, double max_norm);
+void tsr_scale(float *x, size_t n, double coef);
 
 #endif

@@ -396,15 +396,10 @@ static double step_sync(tsr_trainer *T, int Bl, double lsum, int fail, double lr
         o += T->lens[k];
     }
     /* global gradient norm over every trained buffer (identical on every rank) */
-    double gsq = 0;
-    for (size_t i = T->soff; i < T->soff + T->slen; i++) gsq += (double)sync[i] * sync[i];
+    double gsq = tsr_sumsq(sync + T->soff, T->slen);
     if (T->sharded) tsr_dist_allreduce_sum_f64(T->comm, &gsq, 1);
-    double gn = *gnorm = sqrt(gsq), clip = T->cfg->train.grad_clip;
-    if (clip > 0 && gn > clip) {
-        float sc = (float)(clip / (gn + 1e-6));
-        for (int k = 0; k < 3; k++)
-            for (size_t i = 0; i < T->lens[k]; i++) T->bufs[k][i] *= sc;
-    }
+    double gn = *gnorm = sqrt(gsq), coef = tsr_clip_coef(gn, T->cfg->train.grad_clip);
+    for (int k = 0; k < 3 && coef < 1.0; k++) tsr_scale(T->bufs[k], T->lens[k], coef);
     for (int k = 0; k < 3; k++)
         if (T->seg_opt[k]) tsr_adamw_step(T->seg_opt[k], T->pbufs[k] - T->bases[k], T->bufs[k] - T->bases[k], lrf);
     if (T->sharded) { /* every rank's updated slice to every rank */

@@ -50,7 +50,8 @@ void tsr_log(int level, const char *fmt, ...) TSR_PRINTF(2, 3);
 
 double tsr_time(void); /* monotonic seconds */
 
-/* Write a whole buffer to path atomically: path.tmp.<pid>, fsync, rename. Returns 0 / -1 (tsr_error). */
+/* Write a whole buffer to path atomically: path.tmp.<pid>, fsync, rename, fsync of the directory.
+ * Returns 0 / -1 (tsr_error). Defined in atomic.c; core/atomic.h has the streaming writer and rename. */
 int tsr_write_file_atomic(const char *path, const void *data, size_t n);
 /* Read a whole file into a malloc'ed buffer (NUL-terminated for convenience). 0 / -1 (tsr_error). */
 int tsr_read_file(const char *path, char **data, size_t *n);

@@ -25,11 +25,11 @@ const char *tsr_last_error(void);
 /* Prefix the current message with more context: "ctx: <old message>". Returns -1. */
 int tsr_error_context(const char *fmt, ...) TSR_PRINTF(1, 2);
 
-/* Fatal: print "tessera: error: ..." with file:line and exit(1) (MPI_Abort when MPI is running,
- * through the hook set by the distribution layer). For programming errors and out-of-memory. */
+/* Fatal: print "tessera: error: ..." with file:line and exit(1) (when ranks are running, the hook set by
+ * the distribution layer aborts all of them). For programming errors and out-of-memory. */
 TSR_NORETURN void tsr_fatal_at(const char *file, int line, const char *fmt, ...) TSR_PRINTF(3, 4);
 #define tsr_fatal(...) tsr_fatal_at(__FILE__, __LINE__, __VA_ARGS__)
-/* Hook called by tsr_fatal before exiting (the MPI layer installs MPI_Abort here). */
+/* Hook called by tsr_fatal before exiting (src/dist installs one that aborts every rank). */
 extern void (*tsr_abort_hook)(int code);
 
 void *tsr_malloc_at(size_t n, const char *file, int line);

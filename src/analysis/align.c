@@ -1,8 +1,8 @@
-/* align.c: task-gradient alignment. THE SCALAPACK FILE: the one place in tessera that calls BLACS,
- * PBLAS and ScaLAPACK (it does not call MPI directly; the T x T results are combined through the
- * tsr_dist_* collectives of src/dist/parallel.h).
+/* align.c: task-gradient alignment. THE SCALAPACK FILE: the one place in tessera that calls PBLAS and
+ * ScaLAPACK (it does not call MPI: the BLACS process grids come from src/dist/grid.h, and the T x T
+ * results are combined through the tsr_dist_* collectives of src/dist/parallel.h).
  *
- * Distributed path (tsr_align_scalapack), all on MPI_COMM_WORLD through BLACS's system context:
+ * Distributed path (tsr_align_scalapack), on every rank of the world (BLACS grids from src/dist/grid.h):
  *   1. The input G (T x P, task t on rank t % R, local rows row-major) is described to ScaLAPACK as its
  *      transpose G^T (P x T) on a 1 x R grid with column blocks of 1 (and one row block of P): a
  *      row-major block of local rows IS the column-major local array of those columns of G^T with
@@ -19,8 +19,8 @@
  *      grid rank 0 = world rank 0 (when T <= nb, pdstedc leaves the eigenvalues only on the process
  *      that owns the matrix: W is not global then).
  *
- * BLACS contexts: two grids are created per call with Cblacs_gridinit (collective over MPI_COMM_WORLD)
- * and released with Cblacs_gridexit; Cblacs_exit is never called (it would finalize MPI).
+ * BLACS contexts: two grids are created per call with tsr_grid_make (collective over the world) and
+ * released with tsr_grid_free.
  *
  * pdsyevd's workspace: its query (= its documented minimum) is NOT always enough. pdsyevd hands
  * lwork - 2T to pdstedc/pdlasrt and to pdormtr, and ignores pdormtr's error code: with a block as large
@@ -41,15 +41,11 @@
 #include <string.h>
 
 #include "core/common.h"
+#include "dist/grid.h"
 #include "dist/parallel.h"
 
-/* ---------------------------------------------------------------- BLACS / PBLAS / ScaLAPACK / LAPACK
- * (no C header ships with Debian's ScaLAPACK) */
-void Cblacs_pinfo(int *mypnum, int *nprocs);
-void Cblacs_get(int ctxt, int what, int *val);
-void Cblacs_gridinit(int *ctxt, const char *order, int nprow, int npcol);
-void Cblacs_gridinfo(int ctxt, int *nprow, int *npcol, int *myrow, int *mycol);
-void Cblacs_gridexit(int ctxt);
+/* ---------------------------------------------------------------- PBLAS / ScaLAPACK / LAPACK
+ * (no C header ships with Debian's ScaLAPACK; the BLACS grids come from dist/grid.h) */
 void descinit_(int *desc, const int *m, const int *n, const int *mb, const int *nb, const int *irsrc,
                const int *icsrc, const int *ictxt, const int *lld, int *info);
 int numroc_(const int *n, const int *nb, const int *iproc, const int *isrcproc, const int *nprocs);
@@ -279,23 +275,20 @@ int tsr_align_scalapack(int T, size_t P, const double *local_rows, int nprow, in
 
     /* ---- BLACS grids: ctx1 = 1 x R (every rank), ctx2 = nprow x npcol (ranks 0 .. nprow*npcol-1) */
     int pnum = -1, nprocs = 0;
-    Cblacs_pinfo(&pnum, &nprocs);
-    int ctx1 = -1, ctx2 = -1;
-    Cblacs_get(-1, 0, &ctx1);
-    Cblacs_gridinit(&ctx1, "R", 1, R);
-    Cblacs_get(-1, 0, &ctx2);
-    Cblacs_gridinit(&ctx2, "R", nprow, npcol);
+    tsr_grid_procs(&pnum, &nprocs);
+    const int ctx1 = tsr_grid_make(1, R);
+    const int ctx2 = tsr_grid_make(nprow, npcol);
     int g1r = -1, g1c = -1, myrow = -1, mycol = -1, dummy_r, dummy_c;
-    if (ctx1 >= 0) Cblacs_gridinfo(ctx1, &dummy_r, &dummy_c, &g1r, &g1c);
+    if (ctx1 >= 0) tsr_grid_info(ctx1, &dummy_r, &dummy_c, &g1r, &g1c);
     const int in_grid = ctx2 >= 0;
-    if (in_grid) Cblacs_gridinfo(ctx2, &dummy_r, &dummy_c, &myrow, &mycol);
+    if (in_grid) tsr_grid_info(ctx2, &dummy_r, &dummy_c, &myrow, &mycol);
     int bad_map = nprocs != R || pnum != me || ctx1 < 0 || g1r != 0 || g1c != me ||
                   in_grid != (me < nprow * npcol) || (in_grid && (myrow * npcol + mycol != me));
     int rc = 0;
     double *A2 = NULL, *C = NULL, *Z = NULL, *work = NULL, *buf = NULL;
     int *iwork = NULL;
     if (tsr_dist_agree_fail(tsr_comm_world(), bad_map) != 0) {
-        rc = tsr_error("alignment: BLACS process numbering does not match MPI_COMM_WORLD (BLACS %d of %d, "
+        rc = tsr_error("alignment: BLACS process numbering does not match the world's ranks (BLACS %d of %d, "
                        "rank %d of %d): was MPI started with tsr_dist_init?", pnum, nprocs, me, R);
         goto done;
     }
@@ -450,8 +443,8 @@ done:
     free(work);
     free(iwork);
     free(buf);
-    if (ctx2 >= 0) Cblacs_gridexit(ctx2);
-    if (ctx1 >= 0) Cblacs_gridexit(ctx1);
+    tsr_grid_free(ctx2);
+    tsr_grid_free(ctx1);
     if (rc != 0) tsr_align_free(out);
     return rc;
 }

@@ -22,7 +22,7 @@ typedef struct {
                            * eigenvalue is positive (every gradient zero) */
 } tsr_align_result;
 
-/* Distributed alignment (collective: every rank of MPI_COMM_WORLD calls it with the same T, P, nprow,
+/* Distributed alignment (collective: every rank of the world calls it with the same T, P, nprow,
  * npcol, nb; MPI must have been started with tsr_dist_init).
  *
  * Input layout: task t lives on rank t % R (R = tsr_world.size); local_rows holds this rank's tasks in

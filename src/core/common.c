@@ -1,4 +1,4 @@
-/* common.c: error messages, checked allocation, logging, atomic file writes. */
+/* common.c: error messages, checked allocation, logging, reading files (atomic writes: atomic.c). */
 #define _POSIX_C_SOURCE 200809L
 #include "common.h"
 
@@ -103,38 +103,6 @@ double tsr_time(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-int tsr_write_file_atomic(const char *path, const void *data, size_t n) {
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) return tsr_error("%s: cannot create (%s)", tmp, strerror(errno));
-    const char *p = data;
-    size_t left = n;
-    while (left > 0) {
-        ssize_t w = write(fd, p, left);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            int e = errno;
-            close(fd);
-            unlink(tmp);
-            return tsr_error("%s: write failed (%s)", tmp, strerror(e));
-        }
-        p += w;
-        left -= (size_t)w;
-    }
-    if (fsync(fd) != 0 || close(fd) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return tsr_error("%s: fsync/close failed (%s)", tmp, strerror(e));
-    }
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return tsr_error("%s: rename from %s failed (%s)", path, tmp, strerror(e));
-    }
-    return 0;
 }
 
 int tsr_read_file(const char *path, char **data, size_t *n) {

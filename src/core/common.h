@@ -30,11 +30,11 @@ const char *tsr_last_error(void);
 /* Prefix the current message with more context: "ctx: <old message>". Returns -1. */
 int tsr_error_context(const char *fmt, ...) TSR_PRINTF(1, 2);
 
-/* Fatal: print "tessera: error: ..." with file:line and exit(1) (MPI_Abort when MPI is running,
- * through the hook set by the distribution layer). For programming errors and out-of-memory. */
+/* Fatal: print "tessera: error: ..." with file:line and exit(1) (when ranks are running, the hook set by
+ * the distribution layer aborts all of them). For programming errors and out-of-memory. */
 TSR_NORETURN void tsr_fatal_at(const char *file, int line, const char *fmt, ...) TSR_PRINTF(3, 4);
 #define tsr_fatal(...) tsr_fatal_at(__FILE__, __LINE__, __VA_ARGS__)
-/* Hook called by tsr_fatal before exiting (the MPI layer installs MPI_Abort here). */
+/* Hook called by tsr_fatal before exiting (src/dist installs one that aborts every rank). */
 extern void (*tsr_abort_hook)(int code);
 
 void *tsr_malloc_at(size_t n, const char *file, int line);
@@ -63,7 +63,8 @@ tsr_logger tsr_logger_default(void);
 
 double tsr_time(void); /* monotonic seconds */
 
-/* Write a whole buffer to path atomically: path.tmp.<pid>, fsync, rename. Returns 0 / -1 (tsr_error). */
+/* Write a whole buffer to path atomically: path.tmp.<pid>, fsync, rename, fsync of the directory.
+ * Returns 0 / -1 (tsr_error). Defined in atomic.c; core/atomic.h has the streaming writer and rename. */
 int tsr_write_file_atomic(const char *path, const void *data, size_t n);
 /* Read a whole file into a malloc'ed buffer (NUL-terminated for convenience). 0 / -1 (tsr_error). */
 int tsr_read_file(const char *path, char **data, size_t *n);

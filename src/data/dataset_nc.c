@@ -6,6 +6,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "dataset_nc.h"
 
+#include "core/atomic.h"
 #include "core/common.h"
 
 #include <errno.h>
@@ -517,12 +518,7 @@ void tsr_nc_iso_now(char *buf, size_t n) {
         snprintf(buf, n, "unknown");
 }
 
-int tsr_nc_tmp_path(const char *path, char *tmp, size_t n) {
-    if (!path || !path[0]) return tsr_error("write: no file name given");
-    int w = snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
-    if (w < 0 || (size_t)w >= n) return tsr_error("%s: file name too long", path);
-    return 0;
-}
+int tsr_nc_tmp_path(const char *path, char *tmp, size_t n) { return tsr_atomic_tmp_path(path, tmp, n); }
 
 /* nc_create the temporary file. HDF5 reports a missing directory as "Permission denied", so a
  * failure also says what is wrong with the directory, if anything. */
@@ -552,26 +548,17 @@ int tsr_nc_put_text(int ncid, int varid, const char *path, const char *name, con
     return 0;
 }
 
-/* Close the temporary file, flush it to disk and rename it over path. On error the temporary file
- * is removed. */
+/* Close the temporary file, then fsync, rename it over path and fsync the directory (core/atomic.h).
+ * On error the temporary file is removed. */
 int tsr_nc_finish_atomic(int ncid, const char *tmp, const char *path) {
     int st = nc_close(ncid);
     if (st != NC_NOERR) {
         unlink(tmp);
         return tsr_nc_err(path, st, "closing temporary file %s", tmp);
     }
-    int fd = open(tmp, O_RDONLY);
-    if (fd < 0 || fsync(fd) != 0) {
-        int e = errno;
-        if (fd >= 0) close(fd);
-        unlink(tmp);
-        return tsr_error("%s: cannot flush temporary file %s (%s)", path, tmp, strerror(e));
-    }
-    close(fd);
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return tsr_error("%s: cannot rename %s to it (%s)", path, tmp, strerror(e));
+    if (tsr_atomic_rename(tmp, path) != 0) {
+        unlink(tmp); /* gone already when only the directory's fsync failed */
+        return -1;
     }
     return 0;
 }

@@ -133,7 +133,7 @@ void tsr_nc_tune_chunk_cache(int ncid, int varid);
 void tsr_nc_iso_now(char *buf, size_t n);                         /* "2025-03-01T12:00:00Z" */
 int tsr_nc_tmp_path(const char *path, char *tmp, size_t n);       /* "<path>.tmp.<pid>" */
 int tsr_nc_create_tmp(const char *tmp, const char *path, int *ncid); /* nc_create netCDF-4 */
-/* nc_close, fsync and rename tmp over path; removes tmp on error. */
+/* nc_close, then tsr_atomic_rename (fsync, rename, fsync of the directory); removes tmp on error. */
 int tsr_nc_finish_atomic(int ncid, const char *tmp, const char *path);
 int tsr_nc_put_text(int ncid, int varid, const char *path, const char *name, const char *val);
 /* Examples per chunk of `images`: min(256, n, 16 MiB / img_bytes), at least 1. */

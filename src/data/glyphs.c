@@ -11,6 +11,7 @@
 #include "glyphs.h"
 
 #include "core/common.h"
+#include "core/hash.h"
 #include "core/rng.h"
 #include "data/suite.h"
 
@@ -310,12 +311,6 @@ static const char *sb_str(const sbuf *b) { return b->s ? b->s : ""; }
 static uint64_t mix(uint64_t h, uint64_t v) {
     uint64_t x = h ^ (v + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2));
     return tsr_splitmix64(&x);
-}
-
-static uint64_t hash_str(const char *s) {
-    uint64_t h = 0xCBF29CE484222325ull; /* FNV-1a */
-    for (; *s; s++) h = (h ^ (uint8_t)*s) * 0x100000001B3ull;
-    return h;
 }
 
 /* Uniform integer in [lo, hi]. */
@@ -745,7 +740,7 @@ int tsr_glyphs_render_task(const tsr_glyph_opts *o, const tsr_glyph_script *s, t
     t->split = tsr_malloc((size_t)t->n * sizeof *t->split);
     int *tmp = tsr_malloc(npx * sizeof *tmp);
     int *perm = tsr_malloc((size_t)E * sizeof *perm);
-    uint64_t task_key = mix(o->seed, hash_str(s->name));
+    uint64_t task_key = mix(o->seed, tsr_hash_str(s->name));
     for (int c = 0; c < t->num_classes && rc == 0; c++) {
         uint64_t class_key = mix(task_key, (uint64_t)c);
         tsr_rng cr;

@@ -2,6 +2,7 @@
 #include "loader.h"
 
 #include "core/common.h"
+#include "core/hash.h"
 #include "core/rng.h"
 
 #include <math.h>
@@ -19,15 +20,6 @@
 #define PAD 2
 
 static const char *const SPLIT_NAMES[3] = {"train", "val", "test"};
-
-static uint64_t fnv1a(const char *s) {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
 
 /* A seed from several words (splitmix64 chained). */
 static uint64_t mix(uint64_t a, uint64_t b, uint64_t c, uint64_t d) {
@@ -287,7 +279,7 @@ int tsr_loader_open(tsr_loader *l, const tsr_suite *s, const int *tasks, int nta
         lt->suite_task = tasks[i];
         memcpy(lt->name, s->task_names[tasks[i]], TSR_NAME_MAX);
         lt->num_classes = s->num_classes[tasks[i]];
-        lt->name_hash = fnv1a(lt->name);
+        lt->name_hash = tsr_hash_str(lt->name);
         if (load_task(l, s, lt) != 0) {
             tsr_loader_close(l);
             return -1;

@@ -2,6 +2,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "io/safetensors.h"
 
+#include "core/atomic.h"
 #include "core/common.h"
 
 #include <errno.h>
@@ -656,39 +657,16 @@ fail:
     return NULL;
 }
 
-static int write_all(int fd, const void *data, uint64_t n) {
+/* Write n bytes in pieces of at most 1 GiB; 0 / -1 (the commit reports the error). */
+static int write_all(tsr_atomic *a, const void *data, uint64_t n) {
     const uint8_t *p = data;
     while (n > 0) {
         size_t chunk = n > ((uint64_t)1 << 30) ? ((size_t)1 << 30) : (size_t)n;
-        ssize_t r = write(fd, p, chunk);
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        p += r;
-        n -= (uint64_t)r;
+        if (tsr_atomic_write(a, p, chunk) != 0) return -1;
+        p += chunk;
+        n -= chunk;
     }
     return 0;
-}
-
-/* fsync the directory holding path so the rename is durable (best effort). */
-static void fsync_parent(const char *path) {
-    const char *slash = strrchr(path, '/');
-    char *dir;
-    if (!slash) {
-        dir = dupstr(".");
-    } else {
-        size_t len = slash == path ? 1 : (size_t)(slash - path);
-        dir = tsr_malloc(len + 1);
-        memcpy(dir, path, len);
-        dir[len] = 0;
-    }
-    int fd = open(dir, O_RDONLY);
-    if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-    }
-    free(dir);
 }
 
 int tsr_st_writer_write(tsr_st_writer *w, const char *path) {
@@ -704,43 +682,15 @@ int tsr_st_writer_write(tsr_st_writer *w, const char *path) {
     memset(head + 8 + hl, ' ', padded - hl);
     free(hdr);
 
-    size_t tl = strlen(path) + 32;
-    char *tmp = tsr_malloc(tl);
-    snprintf(tmp, tl, "%s.tmp.%ld", path, (long)getpid());
-    int rc = 0;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-        rc = tsr_error("%s: cannot create temporary file %s (%s)", path, tmp, strerror(errno));
-        goto out;
+    /* path.tmp.<pid>, fsync, rename, fsync of the directory (core/atomic.h) */
+    int rc = -1;
+    tsr_atomic a;
+    if (tsr_atomic_begin(&a, path)) {
+        int ok = write_all(&a, head, 8 + padded) == 0;
+        for (int i = 0; ok && i < w->n; i++)
+            if (w->t[i].nbytes) ok = write_all(&a, w->t[i].data, w->t[i].nbytes) == 0;
+        rc = tsr_atomic_commit(&a); /* reports a failed write above and removes the temporary */
     }
-    int ok = write_all(fd, head, 8 + padded) == 0;
-    for (int i = 0; ok && i < w->n; i++)
-        if (w->t[i].nbytes) ok = write_all(fd, w->t[i].data, w->t[i].nbytes) == 0;
-    if (!ok) {
-        rc = tsr_error("%s: write to %s failed (%s)", path, tmp, strerror(errno));
-        close(fd);
-        unlink(tmp);
-        goto out;
-    }
-    if (fsync(fd) != 0) {
-        rc = tsr_error("%s: fsync of %s failed (%s)", path, tmp, strerror(errno));
-        close(fd);
-        unlink(tmp);
-        goto out;
-    }
-    if (close(fd) != 0) {
-        rc = tsr_error("%s: close of %s failed (%s)", path, tmp, strerror(errno));
-        unlink(tmp);
-        goto out;
-    }
-    if (rename(tmp, path) != 0) {
-        rc = tsr_error("%s: rename from %s failed (%s)", path, tmp, strerror(errno));
-        unlink(tmp);
-        goto out;
-    }
-    fsync_parent(path);
-out:
-    free(tmp);
     free(head);
     return rc;
 }

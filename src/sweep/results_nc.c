@@ -1,26 +1,20 @@
 /* results_nc.c: the sweep's results file, written in parallel (netCDF-4 / HDF5 over MPI-IO).
  *
- * Besides src/dist/parallel.c this is the one file that names MPI: netCDF's parallel API takes the
- * communicator (MPI_COMM_WORLD). Every variable uses independent access, so each rank writes the entries
+ * The file is created for every rank of the world through src/dist/ncpar.h (the netCDF calls that take
+ * a communicator live there). Every variable uses independent access, so each rank writes the entries
  * it ran whenever it finishes them; the file layout (dimensions, variables, fill values) and the final
  * completion attributes are collective. No compression: HDF5 applies filters only to collective writes. */
 #include "sweep/results_nc.h"
 
 #include <math.h>
-#include <mpi.h>
 #include <netcdf.h>
-#include <netcdf_meta.h>
-#include <netcdf_par.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/common.h"
+#include "dist/ncpar.h"
 #include "dist/parallel.h"
-
-#if !defined(NC_HAS_PARALLEL4) || !NC_HAS_PARALLEL4
-#error "netCDF was built without parallel netCDF-4: install libnetcdf-mpi-dev (see CMakeLists.txt)"
-#endif
 
 static const char *cur_path = "";
 #define NC(call)                                                                                          \
@@ -50,7 +44,7 @@ static int put_names(int ncid, const char *dim, int n, const char *const *names)
     NC(nc_inq_varid(ncid, dim, &v));
     NC(nc_inq_vardimid(ncid, v, d));
     NC(nc_inq_dimlen(ncid, d[1], &w));
-    NC(nc_var_par_access(ncid, v, NC_INDEPENDENT));
+    NC(tsr_ncpar_var_independent(ncid, v));
     if (tsr_world.rank != 0) return 0;
     char *buf = tsr_calloc((size_t)n * w + 1, 1);
     for (int i = 0; i < n; i++) memcpy(buf + (size_t)i * w, names[i], strlen(names[i]));
@@ -91,7 +85,7 @@ int tsr_results_create(tsr_results_file *f, const char *path, const tsr_results_
     cur_path = path;
     f->M = L->M, f->T = L->T, f->K = L->K, f->S = L->S, f->E = L->E;
     int ncid;
-    NC(nc_create_par(path, NC_NETCDF4 | NC_CLOBBER, MPI_COMM_WORLD, MPI_INFO_NULL, &ncid));
+    NC(tsr_ncpar_create(path, NC_NETCDF4 | NC_CLOBBER, &ncid));
     f->ncid = ncid;
     int dm, dt, dk, ds, de, v;
     if (def_names(ncid, "method", L->M, L->methods, &dm) || def_names(ncid, "task", L->T, L->tasks, &dt)) return -1;
@@ -133,14 +127,14 @@ int tsr_results_create(tsr_results_file *f, const char *path, const tsr_results_
     NC(nc_enddef(ncid));
     int vars[] = {f->v_status, f->v_test, f->v_bestval, f->v_bestval_step, f->v_test_at_best, f->v_loss,
                   f->v_params, f->v_wall, f->v_rank, f->v_curve_loss, f->v_curve_val, f->v_curve_test};
-    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) NC(nc_var_par_access(ncid, vars[i], NC_INDEPENDENT));
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) NC(tsr_ncpar_var_independent(ncid, vars[i]));
     if (put_names(ncid, "method", L->M, L->methods) || put_names(ncid, "task", L->T, L->tasks)) return -1;
     const char *cn[3] = {"shots", "seed", "eval_step"};
     const long *cv[3] = {L->shots, L->seeds, L->eval_steps};
     int cl[3] = {L->K, L->S, L->E};
     for (int c = 0; c < 3; c++) {
         NC(nc_inq_varid(ncid, cn[c], &v));
-        NC(nc_var_par_access(ncid, v, NC_INDEPENDENT));
+        NC(tsr_ncpar_var_independent(ncid, v));
         if (tsr_world.rank == 0) {
             int *buf = tsr_malloc(sizeof(int) * (size_t)(cl[c] > 0 ? cl[c] : 1));
             for (int i = 0; i < cl[c]; i++) buf[i] = (int)cv[c][i];

@@ -1,5 +1,5 @@
 /* results_nc.h: the few-shot sweep's results file (docs/RESULTS_SCHEMA.md), one netCDF-4 file written
- * by every rank in parallel (netCDF-4 parallel I/O over MPI-IO, MPI_COMM_WORLD). */
+ * by every rank of the world in parallel (netCDF-4 parallel I/O, src/dist/ncpar.h). */
 #ifndef TSR_IO_RESULTS_NC_H
 #define TSR_IO_RESULTS_NC_H
 #include <stdint.h>

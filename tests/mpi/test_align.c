@@ -21,6 +21,7 @@
 
 #include "analysis/align.h"
 #include "core/common.h"
+#include "dist/grid.h"
 #include "dist/parallel.h"
 
 static char ctx[160] = "";
@@ -474,6 +475,30 @@ static void test_random(void) {
     }
 }
 
+/* The BLACS grids of src/dist/grid.c: every grid that fits, row-major placement, -1 outside the grid,
+ * contexts released (made and freed many times). */
+static void test_grids(void) {
+    snprintf(ctx, sizeof ctx, "grids");
+    int pnum = -1, nprocs = 0;
+    tsr_grid_procs(&pnum, &nprocs);
+    CHECK(pnum == rank_ && nprocs == size_, "BLACS process %d of %d, rank %d of %d", pnum, nprocs, rank_, size_);
+    for (int rep = 0; rep < 20; rep++)
+        for (int r = 1; r <= size_; r++)
+            for (int c = 1; r * c <= size_; c++) {
+                int g = tsr_grid_make(r, c);
+                int in = rank_ < r * c;
+                CHECK((g >= 0) == in, "grid %dx%d: context %d on rank %d", r, c, g, rank_);
+                if (g >= 0) {
+                    int nr = -1, nc = -1, myr = -1, myc = -1;
+                    tsr_grid_info(g, &nr, &nc, &myr, &myc);
+                    CHECK(nr == r && nc == c && myr == rank_ / c && myc == rank_ % c,
+                          "grid %dx%d: rank %d at %d,%d of %dx%d", r, c, rank_, myr, myc, nr, nc);
+                }
+                tsr_grid_free(g);
+            }
+    tsr_grid_free(-1); /* ignored */
+}
+
 int main(int argc, char **argv) {
     tsr_dist_init(&argc, &argv);
     rank_ = tsr_world.rank;
@@ -481,6 +506,7 @@ int main(int argc, char **argv) {
     rng_state = 20240611; /* the same on every rank: every rank builds the same full matrices */
     double t0 = tsr_time();
 
+    test_grids();
     test_errors();
     test_effective_rank();
     test_structured();

@@ -3,16 +3,21 @@
  * rank 0 prints "N passed, M failed" (checks summed over all ranks) and every rank exits non-zero when
  * any rank failed a check. Every vector check runs twice: with the default chunk size (one MPI call per
  * collective) and with a small odd chunk (1000 bytes), which drives the chunked / round-based paths; the
- * sizes are n = 0, 1, 7, 1000003 and one size at the edge of a round of the small chunk. */
+ * sizes are n = 0, 1, 7, 1000003 and one size at the edge of a round of the small chunk. Also: a
+ * netCDF-4 file shared by every rank (src/dist/ncpar.c), written independently and read back
+ * collectively. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
+#include <netcdf.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/common.h"
+#include "dist/ncpar.h"
 #include "dist/parallel.h"
 
 static const char *ctx = "";
@@ -217,6 +222,56 @@ static void test_max(void) {
     CHECK(tsr_dist_agree_fail(tsr_comm_world(), rank_ == size_ - 1) == 1, "the last rank failed");
 }
 
+/* A parallel netCDF-4 file: every rank writes its own entry (independent access), then every rank reads
+ * all of them back through tsr_ncpar_open (collective access). */
+static void test_ncpar(void) {
+    ctx = "ncpar";
+    char dir[64] = "";
+    if (rank_ == 0 && !mkdtemp(strcpy(dir, "/tmp/tsr_test_ncpar_XXXXXX"))) dir[0] = 0;
+    tsr_dist_bcast(tsr_comm_world(), dir, sizeof dir, 0);
+    CHECK(dir[0] != 0, "no scratch directory");
+    if (!dir[0]) return;
+    char path[128];
+    snprintf(path, sizeof path, "%s/par.nc", dir);
+    int ncid = -1, dim, var, st;
+    st = tsr_ncpar_create(path, NC_NETCDF4 | NC_CLOBBER, &ncid);
+    CHECK(st == NC_NOERR, "create: %s", nc_strerror(st));
+    if (st == NC_NOERR) {
+        CHECK(nc_def_dim(ncid, "rank", (size_t)size_, &dim) == NC_NOERR, "def_dim");
+        CHECK(nc_def_var(ncid, "value", NC_INT, 1, &dim, &var) == NC_NOERR, "def_var");
+        CHECK(nc_enddef(ncid) == NC_NOERR, "enddef");
+        st = tsr_ncpar_var_independent(ncid, var);
+        CHECK(st == NC_NOERR, "independent: %s", nc_strerror(st));
+        size_t at = (size_t)rank_;
+        int v = 100 + 7 * rank_;
+        st = nc_put_var1_int(ncid, var, &at, &v);
+        CHECK(st == NC_NOERR, "put on rank %d: %s", rank_, nc_strerror(st));
+        CHECK(nc_close(ncid) == NC_NOERR, "close");
+    }
+    st = tsr_ncpar_open(path, NC_NOWRITE, &ncid);
+    CHECK(st == NC_NOERR, "open: %s", nc_strerror(st));
+    if (st == NC_NOERR) {
+        CHECK(nc_inq_varid(ncid, "value", &var) == NC_NOERR, "inq_varid");
+        st = tsr_ncpar_var_collective(ncid, var);
+        CHECK(st == NC_NOERR, "collective: %s", nc_strerror(st));
+        int *all = calloc((size_t)size_, sizeof *all);
+        st = nc_get_var_int(ncid, var, all);
+        CHECK(st == NC_NOERR, "get: %s", nc_strerror(st));
+        for (int r = 0; r < size_; r++) CHECK(all[r] == 100 + 7 * r, "entry %d is %d", r, all[r]);
+        free(all);
+        CHECK(nc_close(ncid) == NC_NOERR, "close after reading");
+    }
+    tsr_dist_barrier(tsr_comm_world());
+    if (rank_ == 0) {
+        unlink(path);
+        rmdir(dir);
+    }
+    tsr_dist_barrier(tsr_comm_world());
+    /* a missing file is an error on every rank, with netCDF's status */
+    st = tsr_ncpar_open(path, NC_NOWRITE, &ncid);
+    CHECK(st != NC_NOERR, "opening a removed file succeeded");
+}
+
 int main(int argc, char **argv) {
     tsr_dist_init(&argc, &argv);
     rank_ = tsr_world.rank;
@@ -228,6 +283,7 @@ int main(int argc, char **argv) {
 
     test_slices();
     test_max();
+    test_ncpar();
     const size_t chunks[2] = {0, 1000};
     for (int c = 0; c < 2; c++) {
         tsr_dist_set_chunk_bytes(chunks[c]);

@@ -20,7 +20,7 @@
 #include "data/loader.h"
 #include "data/suite.h"
 
-#include "test_util.h"
+#include "../common/test_util.h"
 
 static char g_path[512];
 

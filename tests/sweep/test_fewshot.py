@@ -25,7 +25,7 @@ import time
 import numpy as np
 import xarray as xr
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
 from tiny_glyphs import ENV, check, main_wrapper, model_sets, run  # noqa: E402
 
 METHODS = ["lora", "shared_lora", "poly", "mhr", "mhr_z", "mhr_mu", "adapter", "mosa", "probe", "full"]

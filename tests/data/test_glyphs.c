@@ -26,7 +26,7 @@
 
 #define NOTO TSR_GLYPHS_DEFAULT_FONT_DIR
 
-#include "test_util.h"
+#include "../common/test_util.h"
 
 
 /* The small suite of the determinism tests: 3 scripts, 10 classes, 4 renderings (2 train, 1 val,

@@ -20,7 +20,7 @@
 #include "core/common.h"
 #include "data/dataset_nc.h"
 
-#include "test_util.h"
+#include "../common/test_util.h"
 
 static int file_exists(const char *p) { return access(p, F_OK) == 0; }
 

@@ -33,7 +33,7 @@
 #include "data/import.h"
 #include "data/suite.h"
 
-#include "test_util.h"
+#include "../common/test_util.h"
 
 
 static void mkdirs(const char *rel) {

@@ -12,7 +12,7 @@
 
 #include <cmocka.h>
 
-#include "test_util.h"
+#include "../common/test_util.h"
 
 #include "adapters/adapt_step.h"
 #include "adapters/adapters.h"

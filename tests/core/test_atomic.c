@@ -22,7 +22,7 @@
 #include "core/atomic.h"
 #include "core/common.h"
 
-#include "test_util.h"
+#include "../common/test_util.h"
 
 static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
     (void)sb;

@@ -25,7 +25,7 @@
 
 #define DEBIAN_DIR "/usr/share/datasets/fashion-mnist"
 
-#include "test_util.h"
+#include "../common/test_util.h"
 
 
 /* A failed load must leave the set empty. */

@@ -25,7 +25,7 @@
 #include "dist/parallel.h"
 
 static char ctx[160] = "";
-#include "mpi_check.h"
+#include "../dist/mpi_check.h"
 
 /* largest differences seen against the serial reference */
 static double max_cos = 0, max_eval = 0, max_evec = 0, max_norm = 0, max_scalar = 0;

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """`tessera analyze` end to end (real ranks, ScaLAPACK on real process grids), on adapters pre-trained
-here (tests/mpi/tiny_glyphs.py):
+here (tests/common/tiny_glyphs.py):
 - 1 rank (grid 1x1) and 2 ranks (grids 1x2 and 2x1, block sizes 1 and 2) give the same cosine matrix,
   eigenvalues, eigenvectors (up to sign) and norms;
 - the decomposition is right: numpy's eigvalsh of the written cosine matrix equals the eigenvalues, and
@@ -10,7 +10,7 @@ here (tests/mpi/tiny_glyphs.py):
 - analysis/report.py draws the alignment heatmaps from it;
 - bad input (a method without a pre-training run, a grid larger than the ranks) is refused by name.
 (The distributed kernels themselves are checked against a serial LAPACK computation on the same
-gradients in tests/mpi/test_align.c.)
+gradients in tests/analysis/test_align.c.)
 
 usage: test_analyze.py TESSERA_BINARY SOURCE_DIR MPIEXEC
 """
@@ -20,7 +20,7 @@ import sys
 import numpy as np
 import xarray as xr
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
 from tiny_glyphs import TRAIN, check, main_wrapper, model_sets, run  # noqa: E402
 
 

@@ -21,7 +21,7 @@
 #include "data/dataset_nc.h"
 #include "data/suite.h"
 
-#include "test_util.h"
+#include "../common/test_util.h"
 
 
 

@@ -23,6 +23,7 @@
 #include "build_info.h"
 #include "analysis/analyze.h"
 #include "train/trainer.h"
+#include "core/atomic.h"
 #include "core/common.h"
 #include "dist/parallel.h"
 #include "io/tsr_config.h"
@@ -61,7 +62,7 @@ static double routing_rank(const tsr_train_result *r) {
 static int write_alignment(const char *path, const method_out *mo, int M, char **tasks, int T, const char *cfg_text,
                            int nprow, int npcol, int nb, const char *pre, int ranks) {
     char tmp[1200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    if (tsr_atomic_tmp_path(path, tmp, sizeof tmp) != 0) return -1;
     int ncid = -1, dm, dt, dtb, dc, dms, dts, v;
     NCK(nc_create(tmp, NC_NETCDF4 | NC_CLOBBER, &ncid));
     size_t wm = 1, wt = 1;
@@ -145,7 +146,10 @@ static int write_alignment(const char *path, const method_out *mo, int M, char *
     }
     NCK(nc_close(ncid));
     ncid = -1;
-    if (rename(tmp, path) != 0) return tsr_error("%s: cannot rename to %s (%s)", tmp, path, strerror(errno));
+    if (tsr_atomic_rename(tmp, path) != 0) {
+        unlink(tmp);
+        return -1;
+    }
     return 0;
 fail:
     if (ncid >= 0) nc_close(ncid);

@@ -12,7 +12,9 @@
 #include "sweep/sweep.h"
 #include "train/trainer.h"
 #include "core/blas.h"
+#include "core/atomic.h"
 #include "core/common.h"
+#include "core/hash.h"
 #include "data/suite.h"
 #include "dist/parallel.h"
 #include "sweep/results_nc.h"
@@ -113,8 +115,9 @@ static char *entry_config(const char *sweep_path, int nset, char **sets, const t
     memset(&fp->analyze, 0, sizeof fp->analyze);
     memset(fp->run.output_dir, 0, sizeof fp->run.output_dir);
     char *text = tsr_config_dump(fp);
-    uint64_t h = 1469598103934665603ull;
-    for (const char *p = text; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    /* FNV-1a from a start value one digit short of the FNV offset: kept, so that journals written by
+     * earlier versions still match */
+    uint64_t h = tsr_hash_str_update(1469598103934665603ull, text);
     free(text);
     free(fp);
     *fingerprint = h;
@@ -500,8 +503,7 @@ int tsr_sweep_run(const tsr_ctx *ctx, const tsr_config *cfg, const char *cfg_tex
     if (W->write_file) {
         fail = tsr_results_close(&W->rf, ndone, W->total) != 0;
         W->rf.ncid = -1;
-        if (!fail && W->me == 0 && rename(W->tmp, W->results) != 0)
-            fail = tsr_error("fewshot: cannot rename %s to %s (%s)", W->tmp, W->results, strerror(errno)) != 0;
+        if (!fail && W->me == 0 && tsr_atomic_rename(W->tmp, W->results) != 0) fail = tsr_error_context("fewshot");
         if (tsr_dist_fail_together(W->comm, fail, &ctx->log)) goto out;
     }
     INFO("fewshot: %lld entries run in %.1f s (%lld failed)%s; %ld of %ld entries finished; %s%s", (long long)cnt[0],

@@ -5,12 +5,7 @@
 #include <string.h>
 
 #include "core/common.h"
-#include "core/rng.h"
-
-static uint64_t mix3(uint64_t a, uint64_t b, uint64_t c) {
-    uint64_t x = a ^ (b * 0x9E3779B97F4A7C15ull) ^ (c * 0xC2B2AE3D27D4EB4Full);
-    return tsr_splitmix64(&x);
-}
+#include "core/hash.h"
 
 void tsr_sampler_init(tsr_sampler *sp, int ntasks, int nranks, const int64_t *weight) {
     memset(sp, 0, sizeof *sp);
@@ -68,18 +63,18 @@ int tsr_sampler_local(const tsr_sampler *sp, uint64_t seed, long step, int G, in
                       int *slot) {
     int n = 0;
     for (int j = 0; j < G; j++) {
-        int t = (int)(mix3(seed, (uint64_t)step, 2 * (uint64_t)j) % (uint64_t)sp->ntasks);
+        int t = (int)(tsr_mix3(seed, (uint64_t)step, 2 * (uint64_t)j) % (uint64_t)sp->ntasks);
         int who = sp->owner0[t] + (j % sp->nowner[t]) * sp->stride;
         if (who != rank) continue;
         task[n] = t;
-        ex[n] = (int64_t)(mix3(seed, (uint64_t)step, 2 * (uint64_t)j + 1) % (uint64_t)sp->count[t]);
+        ex[n] = (int64_t)(tsr_mix3(seed, (uint64_t)step, 2 * (uint64_t)j + 1) % (uint64_t)sp->count[t]);
         slot[n++] = j;
     }
     return n;
 }
 
 void tsr_augment(float *x, int C, int S, uint64_t seed, long step, int slot, int flip, float *tmp) {
-    uint64_t h = mix3(seed ^ 0xa06e, (uint64_t)step, (uint64_t)slot);
+    uint64_t h = tsr_mix3(seed ^ 0xa06e, (uint64_t)step, (uint64_t)slot);
     int dy = (int)(h % 5) - 2, dx = (int)((h >> 8) % 5) - 2, fl = flip && ((h >> 16) & 1);
     for (int c = 0; c < C; c++) {
         float *img = x + (size_t)c * S * S;

@@ -10,16 +10,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/atomic.h"
 #include "core/common.h"
 #include "io/safetensors.h"
-
-static void fsync_path(const char *p) {
-    int fd = open(p, O_RDONLY);
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
-    }
-}
 
 static int rm_ckpt(const char *dir) {
     char p[1400];
@@ -99,14 +92,11 @@ int tsr_state_save(const tsr_train_state *s, const char *out, long step, int kee
         rm_ckpt(tmpd); /* nothing half-written stays behind */
         return -1;
     }
-    fsync_path(tmpd);
     rm_ckpt(dir);
-    if (rename(tmpd, dir) != 0) {
-        int e = errno;
+    if (tsr_atomic_rename(tmpd, dir) != 0) {
         rm_ckpt(tmpd);
-        return tsr_error("%s: cannot rename to %s (%s)", tmpd, dir, strerror(e));
+        return -1;
     }
-    fsync_path(root);
     /* keep the newest `keep` complete checkpoints */
     for (long below = step + 1, kept = 0;;) {
         long n = latest(root, below);

@@ -142,7 +142,7 @@ int main(int argc, char **argv) {
             tsr_fatal("%s", tsr_last_error());
         ad.ln_eps = c.ln_eps;
         tsr_adapters_init(&ad, 2);
-        m.ad = &ad;
+        tsr_adapters_attach(&ad, &m);
         tsr_adamw_init(&aopt, ad.num_params, 0.9, 0.999, 1e-8);
         tsr_adamw_add_group(&aopt, 0, ad.num_params, 1.0, 0.01);
     }

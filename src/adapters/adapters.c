@@ -17,6 +17,18 @@ static const char *const tsr_bn_pos_names[TSR_NBN] = {"parallel", "houlsby_attn"
 #define NSLOT (TSR_NLORA + TSR_NBN)
 #define RB_EPS 1.1920928955078125e-07 /* float32 machine epsilon: torch's clamp_probs */
 
+/* The module slots are the model's sites: slot = site (LoRA sites first, then the bottleneck positions). */
+#define SAME(a, b) ((int)(a) == (int)(b))
+_Static_assert(SAME(TSR_LORA_Q, TSR_VIT_SITE_Q) && SAME(TSR_LORA_K, TSR_VIT_SITE_K) &&
+                   SAME(TSR_LORA_V, TSR_VIT_SITE_V) && SAME(TSR_LORA_PROJ, TSR_VIT_SITE_PROJ) &&
+                   SAME(TSR_LORA_FC1, TSR_VIT_SITE_FC1) && SAME(TSR_LORA_FC2, TSR_VIT_SITE_FC2),
+               "LoRA sites are the model's sites");
+_Static_assert(SAME(TSR_NLORA + TSR_BN_PARALLEL, TSR_VIT_SITE_PARALLEL) &&
+                   SAME(TSR_NLORA + TSR_BN_HOULSBY_ATTN, TSR_VIT_SITE_HOULSBY_ATTN) &&
+                   SAME(TSR_NLORA + TSR_BN_MLP_SEQ, TSR_VIT_SITE_MLP_SEQ) && SAME(NSLOT, TSR_VIT_NSITES),
+               "bottleneck positions are the model's sites after the LoRA ones");
+#undef SAME
+
 int tsr_ad_find(const tsr_adapters *ad, int layer, int slot) { return ad->index[layer * NSLOT + slot]; }
 
 int tsr_ad_lowest_layer(const tsr_adapters *ad) {
@@ -553,4 +565,31 @@ void tsr_adapters_end_backward(tsr_adapters *ad) {
             }
         }
     }
+}
+
+/* ------------------------------------------------------------------ the model's hooks */
+
+static int hook_find(const void *ctx, int layer, int site) {
+    const tsr_adapters *ad = ctx;
+    return ad->index[layer * NSLOT + site];
+}
+static void hook_forward(void *ctx, int k, real *y, int ldy, const real *x, int ldx) {
+    tsr_ad_forward(ctx, k, y, ldy, x, ldx);
+}
+static void hook_backward(void *ctx, int k, real *dx, int ldx, const real *dy, int ldy, const real *x, int ldx_in) {
+    tsr_ad_backward(ctx, k, dx, ldx, dy, ldy, x, ldx_in);
+}
+static int hook_lowest_layer(const void *ctx) { return tsr_ad_lowest_layer(ctx); }
+static const int *hook_batch_perm(const void *ctx, int B) {
+    const tsr_adapters *ad = ctx;
+    return ad->permuted && ad->batch == B ? ad->perm : NULL;
+}
+static void hook_end_backward(void *ctx) { tsr_adapters_end_backward(ctx); }
+
+static const tsr_vit_hooks adapter_hooks = {hook_find, hook_forward, hook_backward, hook_lowest_layer,
+                                            hook_batch_perm, hook_end_backward};
+
+void tsr_adapters_attach(tsr_adapters *ad, tsr_vit *m) {
+    m->hooks = ad ? &adapter_hooks : NULL;
+    m->hooks_ctx = ad;
 }

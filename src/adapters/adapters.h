@@ -28,6 +28,7 @@
 #include <stdint.h>
 
 #include "core/real.h"
+#include "model/vit.h"
 
 enum { TSR_LORA_Q, TSR_LORA_K, TSR_LORA_V, TSR_LORA_PROJ, TSR_LORA_FC1, TSR_LORA_FC2, TSR_NLORA };
 enum { TSR_BN_PARALLEL, TSR_BN_HOULSBY_ATTN, TSR_BN_MLP_SEQ, TSR_NBN };
@@ -107,6 +108,7 @@ typedef struct tsr_adapters {
 #define tsr_ad_find TSR_R(tsr_ad_find)
 #define tsr_ad_lowest_layer TSR_R(tsr_ad_lowest_layer)
 #define tsr_adapters_zero_grad TSR_R(tsr_adapters_zero_grad)
+#define tsr_adapters_attach TSR_R(tsr_adapters_attach)
 
 /* Build the modules for a backbone of the given sizes. 0 / -1 (tsr_error naming the key). */
 int tsr_adapters_create(tsr_adapters *ad, const tsr_adapter_config *c, int depth, int dim, int mlp, int tokens,
@@ -138,4 +140,8 @@ void tsr_ad_forward(tsr_adapters *ad, int k, real *y, int ldy, const real *x, in
 void tsr_ad_backward(tsr_adapters *ad, int k, real *dx, int ldx, const real *dy, int ldy, const real *x, int ldx_in);
 /* After the backward pass: turn the combined-weight gradients into skill and routing gradients. */
 void tsr_adapters_end_backward(tsr_adapters *ad);
+/* Attach ad to m: m's forward and backward passes then run ad's modules at their sites (through m's
+ * tsr_vit_hooks, ctx = ad) and the batch in ad's task order; call tsr_adapters_begin before each forward.
+ * ad = NULL detaches whatever is attached. ad must outlive the attachment; attaching again replaces it. */
+void tsr_adapters_attach(tsr_adapters *ad, tsr_vit *m);
 #endif

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "core/common.h"
+#include "core/hash.h"
 #include "core/rng.h"
 
 /* Domain tags so that the split stream and the draws never share a seed derivation. */
@@ -21,14 +22,7 @@ static uint64_t mix64(uint64_t v) {
     return tsr_splitmix64(&x);
 }
 
-uint64_t tsr_mosa_key(const char *name) {
-    uint64_t h = 0xCBF29CE484222325ULL;
-    for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
-        h ^= *p;
-        h *= 0x100000001B3ULL;
-    }
-    return h;
-}
+uint64_t tsr_mosa_key(const char *name) { return tsr_hash_str(name); }
 
 size_t tsr_mosa_group_size(size_t n, int N, int i) {
     check_modules(N, "tsr_mosa_group_size");

@@ -8,8 +8,16 @@
 
 #include "core/common.h"
 #include "core/rng.h"
-#include "adapters/adapters.h"
 #include "model/layers.h"
+
+/* The attached extension's module at (layer, site), or -1 (no extension or none there). */
+static inline int site_module(const tsr_vit *m, int layer, int site) {
+    return m->hooks ? m->hooks->find(m->hooks_ctx, layer, site) : -1;
+}
+/* The extension's batch order for B examples, or NULL for the caller's. */
+static inline const int *batch_perm(const tsr_vit *m, int B) {
+    return m->hooks ? m->hooks->batch_perm(m->hooks_ctx, B) : NULL;
+}
 
 int tsr_vit_config_check(const tsr_vit_config *c) {
     if (c->image_size <= 0 || c->patch_size <= 0 || c->channels <= 0 || c->dim <= 0 || c->depth <= 0 ||
@@ -155,8 +163,8 @@ double tsr_vit_forward(tsr_vit *m, const real *images, const int *labels, int B)
     size_t BTD = (size_t)BT * D;
     m->batch = B;
     m->labels = labels;
-    /* adapters group the batch by task: run it in that order, answer in the caller's */
-    const int *perm = m->ad && m->ad->permuted && m->ad->batch == B ? m->ad->perm : NULL;
+    /* an extension may group the batch (the adapters: by task): run it in that order, answer in the caller's */
+    const int *perm = batch_perm(m, B);
     if (perm) {
         size_t per = (size_t)c->channels * c->image_size * c->image_size;
         for (int i = 0; i < B; i++) {
@@ -187,27 +195,27 @@ double tsr_vit_forward(tsr_vit *m, const real *images, const int *labels, int B)
         real *atty = a->atty + l * BTD, *mid = a->mid + l * BTD;
         real *ln2 = a->ln2 + l * BTD, *ln2m = a->ln2_mean + (size_t)l * BT, *ln2r = a->ln2_rstd + (size_t)l * BT;
         real *fc1 = a->fc1 + (size_t)l * BT * M, *gl = a->gelu; /* recomputed in backward */
-        struct tsr_adapters *ad = m->ad;
-#define AD(slot) (ad ? tsr_ad_find(ad, l, (slot)) : -1)
+        const tsr_vit_hooks *hk = m->hooks;
+        void *hc = m->hooks_ctx;
         int k;
         layernorm_forward(ln1, ln1m, ln1r, x, p->ln1w + l * D, p->ln1b + l * D, BT, D, c->ln_eps);
         linear_forward(qkv, ln1, p->qkvw + (size_t)l * 3 * D * D, p->qkvb + (size_t)l * 3 * D, BT, D, 3 * D);
-        for (int site = TSR_LORA_Q; site <= TSR_LORA_V; site++)
-            if ((k = AD(site)) >= 0) tsr_ad_forward(ad, k, qkv + (size_t)site * D, 3 * D, ln1, D);
+        for (int site = TSR_VIT_SITE_Q; site <= TSR_VIT_SITE_V; site++)
+            if ((k = site_module(m, l, site)) >= 0) hk->forward(hc, k, qkv + (size_t)site * D, 3 * D, ln1, D);
         attention_forward(atty, att, qkv, B, T, D, H);
         linear_forward(mid, atty, p->projw + (size_t)l * D * D, p->projb + (size_t)l * D, BT, D, D);
-        if ((k = AD(TSR_LORA_PROJ)) >= 0) tsr_ad_forward(ad, k, mid, D, atty, D);
-        if ((k = AD(TSR_NLORA + TSR_BN_HOULSBY_ATTN)) >= 0) tsr_ad_forward(ad, k, mid, D, mid, D);
+        if ((k = site_module(m, l, TSR_VIT_SITE_PROJ)) >= 0) hk->forward(hc, k, mid, D, atty, D);
+        if ((k = site_module(m, l, TSR_VIT_SITE_HOULSBY_ATTN)) >= 0) hk->forward(hc, k, mid, D, mid, D);
 #pragma omp parallel for simd schedule(static)
         for (size_t i = 0; i < BTD; i++) mid[i] += x[i];
         layernorm_forward(ln2, ln2m, ln2r, mid, p->ln2w + l * D, p->ln2b + l * D, BT, D, c->ln_eps);
         linear_forward(fc1, ln2, p->fc1w + (size_t)l * M * D, p->fc1b + (size_t)l * M, BT, D, M);
-        if ((k = AD(TSR_LORA_FC1)) >= 0) tsr_ad_forward(ad, k, fc1, M, ln2, D);
+        if ((k = site_module(m, l, TSR_VIT_SITE_FC1)) >= 0) hk->forward(hc, k, fc1, M, ln2, D);
         gelu_forward(gl, fc1, (long)BT * M);
         linear_forward(out, gl, p->fc2w + (size_t)l * D * M, p->fc2b + (size_t)l * D, BT, M, D);
-        if ((k = AD(TSR_LORA_FC2)) >= 0) tsr_ad_forward(ad, k, out, D, gl, M);
-        if ((k = AD(TSR_NLORA + TSR_BN_MLP_SEQ)) >= 0) tsr_ad_forward(ad, k, out, D, out, D);
-        if ((k = AD(TSR_NLORA + TSR_BN_PARALLEL)) >= 0) tsr_ad_forward(ad, k, out, D, mid, D);
+        if ((k = site_module(m, l, TSR_VIT_SITE_FC2)) >= 0) hk->forward(hc, k, out, D, gl, M);
+        if ((k = site_module(m, l, TSR_VIT_SITE_MLP_SEQ)) >= 0) hk->forward(hc, k, out, D, out, D);
+        if ((k = site_module(m, l, TSR_VIT_SITE_PARALLEL)) >= 0) hk->forward(hc, k, out, D, mid, D);
 #pragma omp parallel for simd schedule(static)
         for (size_t i = 0; i < BTD; i++) out[i] += mid[i];
     }
@@ -251,16 +259,19 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
     real *dlogits = m->d_small, *dlnf = dlogits + (size_t)B * K, *dcls = dlnf + (size_t)B * D;
 
     /* how far down the gradient must go: the lowest trainable layer, or the tokens if asked */
-    struct tsr_adapters *ad = m->ad && m->ad->n_mod > 0 ? m->ad : NULL;
+    const tsr_vit_hooks *hk = m->hooks;
+    void *hc = m->hooks_ctx;
+    int l_ext = hk ? hk->lowest_layer(hc) : c->depth; /* the extension's lowest module; depth: none */
+    int ext = l_ext < c->depth;
     int below = tr->blocks || tr->embed || tr->input_grad; /* must reach block 0 */
-    int need_blocks = below || ad;
-    int l_stop = below ? 0 : (ad ? tsr_ad_lowest_layer(ad) : c->depth);
+    int need_blocks = below || ext;
+    int l_stop = below ? 0 : l_ext;
     int need_below_head = need_blocks || tr->norm;
 
     memset(dlogits, 0, sizeof(real) * ((size_t)B * K + 2 * (size_t)B * D));
     if (dlogits_in) memcpy(dlogits, dlogits_in, sizeof(real) * (size_t)B * K);
     else softmax_xent_backward(dlogits, a->probs, m->labels, B, K, 1.0);
-    const int *perm = m->ad && m->ad->permuted && m->ad->batch == B ? m->ad->perm : NULL;
+    const int *perm = batch_perm(m, B);
     if (perm) { /* the caller's order -> the internal (task-grouped) order */
         memcpy(m->perm_buf, dlogits, sizeof(real) * (size_t)B * K);
         for (int i = 0; i < B; i++) memcpy(dlogits + (size_t)i * K, m->perm_buf + (size_t)perm[i] * K, sizeof(real) * K);
@@ -295,19 +306,21 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
          * (adapter tuning), the gradient into resid[l] is not needed, nor, without adapters in the
          * attention branch, anything of that branch. */
         int need_dx = below || l > l_stop;
-        int k_q = AD(TSR_LORA_Q), k_k = AD(TSR_LORA_K), k_v = AD(TSR_LORA_V), k_fc2 = AD(TSR_LORA_FC2);
-        int k_fc1 = AD(TSR_LORA_FC1), k_proj = AD(TSR_LORA_PROJ), k_hou = AD(TSR_NLORA + TSR_BN_HOULSBY_ATTN);
+        int k_q = site_module(m, l, TSR_VIT_SITE_Q), k_k = site_module(m, l, TSR_VIT_SITE_K);
+        int k_v = site_module(m, l, TSR_VIT_SITE_V), k_fc2 = site_module(m, l, TSR_VIT_SITE_FC2);
+        int k_fc1 = site_module(m, l, TSR_VIT_SITE_FC1), k_proj = site_module(m, l, TSR_VIT_SITE_PROJ);
+        int k_hou = site_module(m, l, TSR_VIT_SITE_HOULSBY_ATTN);
         int need_qkv = wg || need_dx || k_q >= 0 || k_k >= 0 || k_v >= 0;
         int attn_needs = need_qkv || k_proj >= 0 || k_hou >= 0;
         int need_dfc2 = wg || attn_needs || k_fc1 >= 0;
         if (wg || k_fc2 >= 0) gelu_forward(gl, fc1, (long)BT * M);
         memcpy(dmid, dx, sizeof(real) * BTD);
-        if ((k = AD(TSR_NLORA + TSR_BN_PARALLEL)) >= 0)
-            tsr_ad_backward(ad, k, attn_needs ? dmid : NULL, D, dx, D, mid, D);
+        if ((k = site_module(m, l, TSR_VIT_SITE_PARALLEL)) >= 0)
+            hk->backward(hc, k, attn_needs ? dmid : NULL, D, dx, D, mid, D);
         const real *dy2 = dx; /* d (MLP output) */
-        if ((k = AD(TSR_NLORA + TSR_BN_MLP_SEQ)) >= 0) {
+        if ((k = site_module(m, l, TSR_VIT_SITE_MLP_SEQ)) >= 0) {
             memcpy(m->d_atty, dx, sizeof(real) * BTD);
-            tsr_ad_backward(ad, k, m->d_atty, D, dx, D, NULL, D);
+            hk->backward(hc, k, m->d_atty, D, dx, D, NULL, D);
             dy2 = m->d_atty;
         }
         if (need_dfc2) {
@@ -315,7 +328,7 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
             linear_backward(m->d_fc2, wg ? g->fc2w + oD * M : NULL, wg ? g->fc2b + oD : NULL, dy2, gl,
                             p->fc2w + oD * M, BT, M, D);
         }
-        if (k_fc2 >= 0) tsr_ad_backward(ad, k_fc2, need_dfc2 ? m->d_fc2 : NULL, M, dy2, D, gl, M);
+        if (k_fc2 >= 0) hk->backward(hc, k_fc2, need_dfc2 ? m->d_fc2 : NULL, M, dy2, D, gl, M);
         if (need_dfc2) {
             memset(m->d_fc, 0, sizeof(real) * (size_t)BT * M);
             gelu_backward(m->d_fc, m->d_fc2, fc1, (long)BT * M);
@@ -324,7 +337,7 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
                 linear_backward(attn_needs ? m->d_ln : NULL, wg ? g->fc1w + oM * D : NULL, wg ? g->fc1b + oM : NULL,
                                 m->d_fc, ln2, p->fc1w + oM * D, BT, D, M);
             }
-            if (k_fc1 >= 0) tsr_ad_backward(ad, k_fc1, attn_needs ? m->d_ln : NULL, D, m->d_fc, M, ln2, D);
+            if (k_fc1 >= 0) hk->backward(hc, k_fc1, attn_needs ? m->d_ln : NULL, D, m->d_fc, M, ln2, D);
             if (attn_needs || wg)
                 layernorm_backward(attn_needs ? dmid : NULL, wg ? g->ln2w + oD : NULL, wg ? g->ln2b + oD : NULL, m->d_ln,
                                    mid, p->ln2w + oD, ln2m, ln2r, BT, D);
@@ -337,7 +350,7 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
         const real *dp = dmid; /* d (projected attention output) */
         if (k_hou >= 0) {
             memcpy(m->d_ln, dmid, sizeof(real) * BTD);
-            tsr_ad_backward(ad, k_hou, m->d_ln, D, dmid, D, NULL, D);
+            hk->backward(hc, k_hou, m->d_ln, D, dmid, D, NULL, D);
             dp = m->d_ln;
         }
         if (need_qkv || wg) {
@@ -345,7 +358,7 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
             linear_backward(need_qkv ? m->d_atty : NULL, wg ? g->projw + oD * D : NULL, wg ? g->projb + oD : NULL, dp,
                             atty, p->projw + oD * D, BT, D, D);
         }
-        if (k_proj >= 0) tsr_ad_backward(ad, k_proj, need_qkv ? m->d_atty : NULL, D, dp, D, atty, D);
+        if (k_proj >= 0) hk->backward(hc, k_proj, need_qkv ? m->d_atty : NULL, D, dp, D, atty, D);
         if (!need_qkv) continue;
         memset(m->d_qkv, 0, sizeof(real) * BTD * 3);
         attention_backward(m->d_qkv, m->d_atty, qkv, att, B, T, D, H);
@@ -357,14 +370,14 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
         int kq[3] = {k_q, k_k, k_v};
         for (int site = 0; site < 3; site++)
             if (kq[site] >= 0)
-                tsr_ad_backward(ad, kq[site], need_dx ? m->d_ln : NULL, D, m->d_qkv + (size_t)site * D, 3 * D, ln1, D);
+                hk->backward(hc, kq[site], need_dx ? m->d_ln : NULL, D, m->d_qkv + (size_t)site * D, 3 * D, ln1, D);
         if (need_dx || wg)
             layernorm_backward(need_dx ? dxin : NULL, wg ? g->ln1w + oD : NULL, wg ? g->ln1b + oD : NULL, m->d_ln, x,
                                p->ln1w + oD, ln1m, ln1r, BT, D);
         if (m->d_resid_all) memcpy(m->d_resid_all + (size_t)l * BTD, dxin, sizeof(real) * BTD);
     }
 
-    if (ad) tsr_adapters_end_backward(ad);
+    if (ext) hk->end_backward(hc);
     if (!tr->embed) return;
     /* embedding: resid[0] = [cls; patch_out] + pos */
     for (int b = 0; b < B; b++)

@@ -86,11 +86,46 @@ static const tsr_vit_trainable TSR_VIT_FULL = {1, 1, 1, 1, 1, 1};
 static const tsr_vit_trainable TSR_VIT_FROZEN = {0, 0, 0, 1, 1, 1}; /* frozen backbone, trained head */
 static const tsr_vit_trainable TSR_VIT_ADAPTERS = {0, 0, 0, 1, 0, 1}; /* adapters and head */
 
-struct tsr_adapters;
+/* Sites of a block where an attached extension (the adapters) acts. At each (layer, site) the forward
+ * pass calls hooks->forward(ctx, k, y, ldy, x, ldx) with k = hooks->find(ctx, layer, site) >= 0, which
+ * adds to y (rows B*T, leading dimension ldy) a function of x (rows B*T, ldx), and the backward pass calls
+ * hooks->backward with the same x and the gradient of y:
+ *   Q, K, V: y = the slice of qkv (ldy 3D), x = LN1's output;   PROJ: y = the projected attention
+ *   output, x = the attention output;   FC1: y = fc1's output, x = LN2's output;   FC2: y = fc2's
+ *   output, x = the GELU output;   HOULSBY_ATTN: y = x = the projected attention output (sequential);
+ *   MLP_SEQ: y = x = the MLP's output (sequential);   PARALLEL: y = the MLP's output, x = the block's
+ *   mid-stream h = x + attn (before the residual add of the MLP).
+ * In one block the forward order is Q, K, V, PROJ, HOULSBY_ATTN, FC1, FC2, MLP_SEQ, PARALLEL. */
+enum {
+    TSR_VIT_SITE_Q, TSR_VIT_SITE_K, TSR_VIT_SITE_V, TSR_VIT_SITE_PROJ, TSR_VIT_SITE_FC1, TSR_VIT_SITE_FC2,
+    TSR_VIT_SITE_PARALLEL, TSR_VIT_SITE_HOULSBY_ATTN, TSR_VIT_SITE_MLP_SEQ, TSR_VIT_NSITES
+};
+
+/* What the model calls on an attached extension (tsr_adapters_attach fills it). ctx is the extension's
+ * state, passed back to every call. One call of find per site per layer and pass; forward / backward
+ * only where find answered a module k >= 0; no per-element indirection. */
+typedef struct {
+    /* module acting at (layer, site TSR_VIT_SITE_*), or -1 */
+    int (*find)(const void *ctx, int layer, int site);
+    /* y (rows, ldy) += f_k(x), x (rows, ldx); for the sequential sites x aliases y */
+    void (*forward)(void *ctx, int k, real *y, int ldy, const real *x, int ldx);
+    /* dy (rows, ldy) given: dx (rows, ldx) += the input gradient (dx NULL: skip), and the extension's own
+     * parameter gradients; x as in forward (NULL for the sequential sites) */
+    void (*backward)(void *ctx, int k, real *dx, int ldx, const real *dy, int ldy, const real *x, int ldx_in);
+    /* the lowest layer with a module (depth: none, and then nothing else is called in backward) */
+    int (*lowest_layer)(const void *ctx);
+    /* the order to run a batch of B examples in: internal example i is the caller's example perm[i];
+     * NULL for the identity */
+    const int *(*batch_perm)(const void *ctx, int B);
+    /* after the backward pass through the blocks */
+    void (*end_backward)(void *ctx);
+} tsr_vit_hooks;
 
 typedef struct {
     tsr_vit_config cfg;
-    struct tsr_adapters *ad; /* attached adapters (NULL: none); call tsr_adapters_begin before forward */
+    /* attached extension (NULL: none): set by its attach call (tsr_adapters_attach), never by hand */
+    const tsr_vit_hooks *hooks;
+    void *hooks_ctx;
     int max_batch, batch;  /* capacity, and batch of the last forward */
     int tokens, npatch;
     tsr_vit_params params, grads;

@@ -173,7 +173,7 @@ int tsr_predict_run(const tsr_predict_opts *o) {
             tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
             goto out;
         }
-        m.ad = &ad;
+        tsr_adapters_attach(&ad, &m);
         task_ids = tsr_malloc(sizeof(int) * (size_t)batch);
         for (int i = 0; i < batch; i++) task_ids[i] = task;
         tsr_info("predict: %d adapter modules from %s (%d skill(s), %d head(s)), task %d", ad.n_mod, adapters,
@@ -185,7 +185,7 @@ int tsr_predict_run(const tsr_predict_opts *o) {
     int64_t correct = 0;
     for (int64_t s = 0; s < n; s += batch) {
         int b = (int)(n - s < batch ? n - s : batch);
-        if (m.ad && tsr_adapters_begin(&ad, task_ids, b, 0, 0, 0, NULL) != 0) {
+        if (task_ids && tsr_adapters_begin(&ad, task_ids, b, 0, 0, 0, NULL) != 0) {
             tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
             goto out;
         }

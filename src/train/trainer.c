@@ -185,7 +185,7 @@ static int setup_adapters(tsr_trainer *T) {
         tsr_adapters_init(&T->ad, (uint64_t)cfg->run.seed + 1);
     }
     T->ad.ln_eps = T->vc.ln_eps;
-    T->m.ad = &T->ad;
+    tsr_adapters_attach(&T->ad, &T->m);
     if (cfg->mosa.modules > 0) {
         int split = strcmp(cfg->mosa.split, "up") == 0     ? TSR_MOSA_SPLIT_UP
                     : strcmp(cfg->mosa.split, "down") == 0 ? TSR_MOSA_SPLIT_DOWN

@@ -42,7 +42,7 @@ static void run_case(const char *label, tsr_adapter_config ac) {
     ac.layer_max = -1;
     assert_int_equal(tsr_adapters_create_f64(&ad, &ac, small.depth, small.dim, small.mlp_dim, m.tokens, B), 0);
     for (size_t i = 0; i < ad.num_params; i++) ad.params[i] = tsr_rng_normal(&r) * 0.5;
-    m.ad = &ad;
+    tsr_adapters_attach_f64(&ad, &m);
     size_t nn = 0;
     for (int k = 0; k < ad.n_mod; k++) nn += ad.mod[k].nZ;
     double *noise = tsr_malloc(sizeof(double) * (nn ? nn : 1));

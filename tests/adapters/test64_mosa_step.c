@@ -81,7 +81,7 @@ static void run(const char *label, tsr_adapter_config ac, int split, double c) {
     ac.layer_max = -1;
     assert_int_equal(tsr_adapters_create_f64(&ad, &ac, small.depth, small.dim, small.mlp_dim, m.tokens, B), 0);
     for (size_t i = 0; i < ad.num_params; i++) ad.params[i] = tsr_rng_normal(&r) * 0.5; /* = W0 */
-    m.ad = &ad;
+    tsr_adapters_attach_f64(&ad, &m);
     assert_int_equal(tsr_mosa_create_f64(&mo, &ad, 3, split, 0, 1234), 0);
     /* move the dense storage away from W0 and the bias copies apart, as training would */
     for (size_t i = 0; i < ad.num_params; i++) ad.params[i] += tsr_rng_normal(&r) * 0.3;

@@ -453,11 +453,11 @@ static void test_average_skills(void **s) {
     int tasks[BATCH] = {2, 0, 1, 2};
     tsr_vit_forward(&m, x, NULL, BATCH);
     memcpy(l0, m.acts.logits, sizeof l0);
-    m.ad = &src;
+    tsr_adapters_attach(&src, &m);
     assert_int_equal(tsr_adapters_begin(&src, tasks, BATCH, 0, 0, 0, NULL), 0);
     tsr_vit_forward(&m, x, NULL, BATCH);
     memcpy(l1, m.acts.logits, sizeof l1);
-    m.ad = &dst;
+    tsr_adapters_attach(&dst, &m);
     assert_int_equal(tsr_adapters_begin(&dst, NULL, BATCH, 0, 0, 0, NULL), 0);
     tsr_vit_forward(&m, x, NULL, BATCH);
     memcpy(l2, m.acts.logits, sizeof l2);
@@ -532,7 +532,7 @@ static void merge_case(const tsr_adapter_config *c, int task, const char *what) 
     for (int i = 0; i < BATCH; i++) tasks[i] = task;
     tsr_vit_forward(&m, x, NULL, BATCH);
     memcpy(base, m.acts.logits, sizeof base);
-    m.ad = &ad;
+    tsr_adapters_attach(&ad, &m);
     assert_int_equal(tsr_adapters_begin(&ad, tasks, BATCH, 0, 0, 0, NULL), 0);
     tsr_vit_forward(&m, x, NULL, BATCH);
     memcpy(with, m.acts.logits, sizeof with);

@@ -99,7 +99,7 @@ int main(int argc, char **argv) {
     if (tsr_ckpt_load_vit(&m, path, 0) != 0) tsr_fatal("%s", tsr_last_error());
     if (tsr_adapters_create(&ad, &ac, c.depth, c.dim, c.mlp_dim, m.tokens, B) != 0) tsr_fatal("%s", tsr_last_error());
     ad.ln_eps = c.ln_eps;
-    m.ad = &ad;
+    tsr_adapters_attach(&ad, &m);
     int nt = tsr_adapters_tensor_info(&ad, ad.params, -1, NULL, 0, NULL, NULL, NULL);
     int nfile = 0;
     for (int i = 0; i < af.n; i++) nfile++;

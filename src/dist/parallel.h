@@ -1,6 +1,7 @@
-/* parallel.h: the distribution layer. parallel.c is the ONLY file that calls MPI; everything else uses
- * these wrappers. Collectives short-circuit at world size 1 (and when MPI was never started), run on
- * MPI_COMM_WORLD, must be called by every rank in the same order with the same n / bytes / root, and
+/* parallel.h: the distribution layer. src/dist is the ONLY folder that names MPI (parallel.c: this file's
+ * functions; ncpar.c: parallel netCDF; grid.c: BLACS grids); everything else uses these wrappers.
+ * Collectives take a communicator (tsr_comm), short-circuit at size 1 (and when MPI was never started),
+ * must be called by every rank of it in the same order with the same n / bytes / root, and
  * only from the thread that called tsr_dist_init (MPI_THREAD_FUNNELED). Any MPI error is fatal:
  * tsr_fatal with MPI's error string (MPI_COMM_WORLD is switched to MPI_ERRORS_RETURN at init so that
  * every return code reaches the wrappers). docs/SCALING.md describes what each call communicates. */

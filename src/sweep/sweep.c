@@ -393,7 +393,7 @@ static int results_open(sweep *W) {
 
 /* One entry on this rank alone: its configuration, the trainer, the journal and the file. Returns 0,
  * 1 (failed, reported) or TSR_EXIT_REQUEUE. A failing journal or file write is fatal for the job (every
- * rank is stopped: MPI_Abort) since ranks are not at a common point here. */
+ * rank is stopped by tsr_fatal's abort hook) since ranks are not at a common point here. */
 static int run_entry(sweep *W, long i) {
     entry_id id = W->pending[i];
     const method_spec *mm = &W->ms[id.m];

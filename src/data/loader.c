@@ -1,4 +1,4 @@
-/* loader.c: k-shot selection, in-memory examples, shuffled cursors and augmentation (see loader.h). */
+/* loader.c: k-shot selection, in-memory examples and their rendering (see loader.h). */
 #include "loader.h"
 
 #include "core/common.h"
@@ -13,11 +13,8 @@
 #define SCAN_BLOCK 65536
 /* Bytes of pixels read per netCDF call. */
 #define READ_BYTES ((size_t)16 << 20)
-/* Purposes mixed into the seeds, so that the streams differ. */
+/* Purpose mixed into the seed of the k-shot draw. */
 #define SEED_SHOTS 0x73686f7473ull   /* "shots" */
-#define SEED_ORDER 0x6f72646572ull   /* "order" */
-#define SEED_AUGMENT 0x6175676dull   /* "augm" */
-#define PAD 2
 
 static const char *const SPLIT_NAMES[3] = {"train", "val", "test"};
 
@@ -46,28 +43,13 @@ static int cmp_i64(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static void shuffle_pass(const tsr_loader *l, tsr_loader_task *t) {
-    tsr_rng r;
-    tsr_rng_seed(&r, mix(l->seed, t->name_hash, SEED_ORDER, t->pass));
-    for (int64_t j = 0; j < t->n; j++) t->perm[j] = j;
-    for (int64_t j = t->n - 1; j > 0; j--) {
-        int64_t k = (int64_t)below(&r, (uint64_t)j + 1);
-        int64_t tmp = t->perm[j];
-        t->perm[j] = t->perm[k];
-        t->perm[k] = tmp;
-    }
-    t->pos = 0;
-}
-
 static void free_task(tsr_loader_task *t) {
     free(t->index);
     free(t->labels);
     free(t->px);
-    free(t->perm);
     t->index = NULL;
     t->labels = NULL;
     t->px = NULL;
-    t->perm = NULL;
 }
 
 /* Choose the examples of task lt (split, shots) and read them. */
@@ -198,9 +180,6 @@ static int load_task(tsr_loader *l, const tsr_suite *s, tsr_loader_task *lt) {
             memcpy(lt->px + (size_t)q * img, wbuf + (size_t)(lt->index[q] - a) * img, img);
     }
     free(wbuf);
-    lt->perm = tsr_malloc((size_t)nsel * sizeof *lt->perm);
-    lt->pass = 0;
-    shuffle_pass(l, lt);
     return 0;
 
 fail:
@@ -269,8 +248,6 @@ int tsr_loader_open(tsr_loader *l, const tsr_suite *s, const int *tasks, int nta
     l->S = S;
     l->shots = o->shots;
     l->split = o->split;
-    l->augment = o->augment != 0;
-    l->flip = o->flip != 0;
     l->seed = o->seed;
     l->t = tsr_calloc((size_t)ntasks, sizeof *l->t);
     l->ntasks = ntasks;
@@ -302,29 +279,17 @@ int64_t tsr_loader_count(const tsr_loader *l, int i) {
     return l->t[i].n;
 }
 
-/* Reflect u into [0, n) without repeating the edge (..., 2, 1, | 0, 1, ..., n-1, | n-2, ...). */
-static int reflect(int u, int n) {
-    if (n == 1) return 0;
-    while (u < 0 || u >= n) {
-        if (u < 0) u = -u;
-        if (u >= n) u = 2 * (n - 1) - u;
-    }
-    return u;
-}
-
-/* Example j of task lt into out (C, S, S): centre crop/pad to S, then the shift (dy, dx) with
- * reflection at the borders of the S x S image, then the flip. */
-static void render(const tsr_loader *l, const tsr_loader_task *lt, int64_t j, int dy, int dx,
-                   int flip, float *out) {
+/* Example j of task lt into out (C, S, S): the H x W image centre-cropped to S x S, or centre-padded
+ * with black (pixel 0) where it is smaller, normalised through the lookup table. */
+static void render(const tsr_loader *l, const tsr_loader_task *lt, int64_t j, float *out) {
     const int H = l->H, W = l->W, C = l->C, S = l->S;
     const int oy = (H - S) / 2, ox = (W - S) / 2; /* negative: the image is padded */
     const uint8_t *src = lt->px + (size_t)j * (size_t)H * (size_t)W * (size_t)C;
     const size_t SS = (size_t)S * (size_t)S;
     for (int y = 0; y < S; y++) {
-        int sy = (dy ? reflect(y + dy, S) : y) + oy;
+        int sy = y + oy;
         for (int x = 0; x < S; x++) {
-            int u = flip ? S - 1 - x : x;
-            int sx = (dx ? reflect(u + dx, S) : u) + ox;
+            int sx = x + ox;
             float *o = out + (size_t)y * (size_t)S + (size_t)x;
             if (sy < 0 || sy >= H || sx < 0 || sx >= W) {
                 for (int c = 0; c < C; c++) o[(size_t)c * SS] = l->lut[c * 256];
@@ -336,37 +301,6 @@ static void render(const tsr_loader *l, const tsr_loader_task *lt, int64_t j, in
     }
 }
 
-int tsr_loader_batch(tsr_loader *l, const int *task_of_example, int B, float *x, int *labels,
-                     uint64_t step) {
-    if (!l || !l->t) return tsr_error("loader: not open");
-    if (B < 0 || (B > 0 && (!task_of_example || !x)))
-        return tsr_error("loader: batch of %d examples without task list or output", B);
-    for (int b = 0; b < B; b++)
-        if (task_of_example[b] < 0 || task_of_example[b] >= l->ntasks)
-            return tsr_error("loader: batch example %d asks for task %d, expected 0 to %d", b,
-                             task_of_example[b], l->ntasks - 1);
-    const size_t per = (size_t)l->C * (size_t)l->S * (size_t)l->S;
-    for (int b = 0; b < B; b++) {
-        tsr_loader_task *lt = &l->t[task_of_example[b]];
-        if (lt->pos >= lt->n) {
-            lt->pass++;
-            shuffle_pass(l, lt);
-        }
-        int64_t j = lt->perm[lt->pos++];
-        int dy = 0, dx = 0, fl = 0;
-        if (l->augment) {
-            tsr_rng r;
-            tsr_rng_seed(&r, mix(l->seed ^ SEED_AUGMENT, lt->name_hash, step, (uint64_t)b));
-            dy = (int)below(&r, 2 * PAD + 1) - PAD;
-            dx = (int)below(&r, 2 * PAD + 1) - PAD;
-            fl = l->flip ? (int)(tsr_rng_u64(&r) >> 63) : 0;
-        }
-        render(l, lt, j, dy, dx, fl, x + (size_t)b * per);
-        if (labels) labels[b] = lt->labels[j];
-    }
-    return 0;
-}
-
 int tsr_loader_get(const tsr_loader *l, int i, int64_t j, float *x, int *label) {
     if (!l || !l->t) return tsr_error("loader: not open");
     if (i < 0 || i >= l->ntasks)
@@ -376,7 +310,7 @@ int tsr_loader_get(const tsr_loader *l, int i, int64_t j, float *x, int *label) 
         return tsr_error("loader: task '%s' has %lld examples, example %lld requested", lt->name,
                          (long long)lt->n, (long long)j);
     if (!x) return tsr_error("loader: no output buffer");
-    render(l, lt, j, 0, 0, 0, x);
+    render(l, lt, j, x);
     if (label) *label = lt->labels[j];
     return 0;
 }

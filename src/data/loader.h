@@ -12,11 +12,8 @@
  * centre-padded with black (pixel 0) where it is smaller, then normalised exactly as
  * tsr_nc_dataset_read does: ((float)pixel / 255 - mean[c]) / std[c].
  *
- * Augmentation (augment = 1, in tsr_loader_batch only): a random crop with padding 2 -- the S x S
- * image is padded by 2 pixels on each side by reflection (without repeating the edge pixel) and an
- * S x S window is taken at a uniformly random offset in [-2, 2] x [-2, 2] -- then, if flip = 1, a
- * horizontal flip with probability 1/2. The random choices depend on (seed, task name, step,
- * position in the batch). augment = 0 gives the images unchanged (as tsr_loader_get).
+ * The loader only selects and renders examples: which examples a training step uses (the sampler) and
+ * their augmentation (random crop and flip) belong to the trainer (src/train/sampler.h).
  *
  * After open, the loader does not touch the suite file (the suite may be closed). Functions that
  * can fail return 0 / -1 with tsr_error (or -1 for tsr_loader_count). */
@@ -29,10 +26,8 @@
 
 typedef struct {
     int shots;        /* examples per class; 0 = every example of the split */
-    uint64_t seed;    /* the k-shot draw, the epoch shuffles and the augmentation */
+    uint64_t seed;    /* the k-shot draw */
     int split;        /* which split to draw from: 0 train, 1 val, 2 test */
-    int augment;      /* 1 = random crop (reflect-pad 2) [+ flip] in tsr_loader_batch */
-    int flip;         /* with augment: random horizontal flip */
     int out_size;     /* S: the model's image size; 0 = the suite's (requires H == W) */
     const float *mean, *std; /* C values each (copied); both NULL = no normalisation (pixel/255) */
 } tsr_loader_opts;
@@ -41,21 +36,18 @@ typedef struct {
     int suite_task;           /* index of the task in the suite */
     char name[TSR_NAME_MAX];
     int num_classes;
-    uint64_t name_hash;       /* FNV-1a of the name: seeds everything of this task */
+    uint64_t name_hash;       /* FNV-1a of the name: seeds the k-shot draw of this task */
     int64_t n;                /* examples kept */
     int64_t *index;           /* n: their indices within the task (ascending) */
     int *labels;              /* n */
     uint8_t *px;              /* n*H*W*C raw pixels */
-    int64_t *perm;            /* n: the current pass's order */
-    int64_t pos;              /* next position in perm */
-    uint64_t pass;            /* passes started (the order of pass p is seeded by p) */
 } tsr_loader_task;
 
 typedef struct {
     int ntasks;
     tsr_loader_task *t;       /* ntasks, in the order given to tsr_loader_open */
     int H, W, C, S;
-    int shots, split, augment, flip;
+    int shots, split;
     uint64_t seed;
     float *lut;               /* C*256: the normalised value of each pixel value per channel */
 } tsr_loader;
@@ -68,13 +60,7 @@ int tsr_loader_open(tsr_loader *l, const tsr_suite *s, const int *tasks, int nta
 void tsr_loader_close(tsr_loader *l);
 /* Examples of the i-th selected task, or -1 (tsr_error) if there is no such task. */
 int64_t tsr_loader_count(const tsr_loader *l, int i);
-/* A batch of B examples: x (B, C, S, S) normalised floats, labels[b] the class within its task.
- * task_of_example[b] (0 .. ntasks-1, local indices) says which task example b comes from; each task
- * has its own cursor over a shuffled order of its examples, reshuffled (seeded by the pass number)
- * each time it is used up, so a pass visits every example once. step seeds the augmentation. */
-int tsr_loader_batch(tsr_loader *l, const int *task_of_example, int B, float *x, int *labels,
-                     uint64_t step);
-/* Example j (0 .. count-1) of the i-th task, normalised, without augmentation. label may be NULL. */
+/* Example j (0 .. count-1) of the i-th task, normalised (C, S, S). label may be NULL. */
 int tsr_loader_get(const tsr_loader *l, int i, int64_t j, float *x, int *label);
 
 #endif

@@ -136,7 +136,12 @@ int tsr_tasks_load(tsr_tasks *ts, const tsr_config *cfg, const int *mine, int wa
         mean[c] = (float)cfg->data.mean.v[c];
         sd[c] = (float)cfg->data.std.v[c];
     }
-    tsr_loader_opts o = {(int)cfg->data.shots, (uint64_t)cfg->run.seed, 0, 0, 0, (int)cfg->model.image_size, mean, sd};
+    tsr_loader_opts o = {.shots = (int)cfg->data.shots,
+                         .seed = (uint64_t)cfg->run.seed,
+                         .split = TSR_SPLIT_TRAIN,
+                         .out_size = (int)cfg->model.image_size,
+                         .mean = mean,
+                         .std = sd};
     if (n > 0) {
         if (tsr_loader_open(&ts->ld[TSR_SPLIT_TRAIN], &s, sel, n, &o) != 0) goto out;
         o.shots = 0;

@@ -1,7 +1,7 @@
 /* test_loader.c: the k-shot loader over a suite (src/data/loader.c): exact shots per class, the draw
- * independent of which tasks are selected (rank independence) and dependent on the seed, refusals,
- * the shuffled cursors, augmentation (shapes, identity when off, every output a valid crop/flip) and
- * centre crop / pad to the model size. */
+ * and the images independent of which tasks are selected (rank independence) and dependent on the
+ * seed, refusals, and centre crop / pad to the model size. (The trainer's sampler and augmentation
+ * are tested in tests/train/test_trainer.c.) */
 #define _POSIX_C_SOURCE 200809L
 #include <setjmp.h>
 #include <stdarg.h>
@@ -106,7 +106,7 @@ static int teardown(void **state) {
 }
 
 static tsr_loader_opts opts(int shots, uint64_t seed, int split) {
-    tsr_loader_opts o = {shots, seed, split, 0, 0, 0, g_mean, g_std};
+    tsr_loader_opts o = {.shots = shots, .seed = seed, .split = split, .mean = g_mean, .std = g_std};
     return o;
 }
 
@@ -181,14 +181,15 @@ static void test_shots_rank_independent(void **state) {
         for (int64_t k = 0; k < a.t[1].n; k++) in |= a.t[1].index[k] == c.t[1].index[j];
         assert_true(in);
     }
-    /* the loaders' batches from beta are the same too (same seed, same name) */
-    int tb[8] = {0, 0, 0, 0, 0, 0, 0, 0}, ta[8] = {1, 1, 1, 1, 1, 1, 1, 1};
-    float *xa = malloc(sizeof(float) * 8 * C * H * W), *xb = malloc(sizeof(float) * 8 * C * H * W);
-    int la[8], lb[8];
-    assert_int_equal(tsr_loader_batch(&a, ta, 8, xa, la, 3), 0);
-    assert_int_equal(tsr_loader_batch(&b, tb, 8, xb, lb, 3), 0);
-    assert_memory_equal(xa, xb, sizeof(float) * 8 * C * H * W);
-    assert_memory_equal(la, lb, sizeof la);
+    /* the loaders' images and labels of beta are the same too (same seed, same name) */
+    float *xa = malloc(sizeof(float) * C * H * W), *xb = malloc(sizeof(float) * C * H * W);
+    for (int64_t j = 0; j < a.t[1].n; j++) {
+        int la = -1, lb = -2;
+        assert_int_equal(tsr_loader_get(&a, 1, j, xa, &la), 0);
+        assert_int_equal(tsr_loader_get(&b, 0, j, xb, &lb), 0);
+        assert_memory_equal(xa, xb, sizeof(float) * C * H * W);
+        assert_int_equal(la, lb);
+    }
     free(xa);
     free(xb);
     /* another seed: another draw (7 classes of 7 examples, 2 drawn from each: all equal by
@@ -271,142 +272,16 @@ static void test_refusals(void **state) {
     o.std = zero;
     assert_int_equal(tsr_loader_open(&l, &g_s, one, 1, &o), -1);
     expect_error("channel 1", "std", NULL);
-    /* a batch asking for a task that was not selected */
+    /* an example of a task that was not selected */
     o = opts(0, 1, 0);
     open_ok(&l, one, 1, &o);
-    int tk[2] = {0, 1};
-    float x[2 * C * H * W];
-    assert_int_equal(tsr_loader_batch(&l, tk, 2, x, NULL, 0), -1);
-    expect_error("batch example 1 asks for task 1", NULL);
+    float x[C * H * W];
+    assert_int_equal(tsr_loader_get(&l, 1, 0, x, NULL), -1);
+    expect_error("task 1 does not exist", "1 selected", NULL);
     tsr_loader_close(&l);
 }
 
-/* ------------------------------------------------------------------ batches and augmentation */
-
-/* Index j of the example of loader task i whose image is img, or -1. */
-static int64_t find_example(const tsr_loader *l, int i, const float *img) {
-    float *buf = malloc(sizeof(float) * C * l->S * l->S);
-    int64_t found = -1;
-    for (int64_t j = 0; j < l->t[i].n && found < 0; j++) {
-        assert_int_equal(tsr_loader_get(l, i, j, buf, NULL), 0);
-        if (memcmp(buf, img, sizeof(float) * C * l->S * l->S) == 0) found = j;
-    }
-    free(buf);
-    return found;
-}
-
-static void test_batch_identity_and_passes(void **state) {
-    (void)state;
-    const int sel[2] = {2, 0}; /* gamma, alpha */
-    tsr_loader_opts o = opts(0, 11, 1);
-    tsr_loader l;
-    open_ok(&l, sel, 2, &o);
-    const int64_t n = l.t[1].n; /* alpha val: 21 */
-    assert_int_equal(n, 21);
-    const size_t per = (size_t)C * H * W;
-    float *x = malloc(sizeof(float) * (per * (size_t)n + 8));
-    for (int k = 0; k < 8; k++) x[per * (size_t)n + (size_t)k] = -12345.0f; /* canary */
-    int *tk = malloc(sizeof(int) * (size_t)n), *lab = malloc(sizeof(int) * (size_t)n);
-    for (int64_t b = 0; b < n; b++) tk[b] = 1;
-    int64_t order[2][21];
-    for (int pass = 0; pass < 2; pass++) {
-        assert_int_equal(tsr_loader_batch(&l, tk, (int)n, x, lab, (uint64_t)pass), 0);
-        int seen[21] = {0};
-        for (int64_t b = 0; b < n; b++) {
-            int64_t j = find_example(&l, 1, x + per * (size_t)b);
-            assert_true(j >= 0); /* augment = 0: exactly an example */
-            assert_int_equal(lab[b], l.t[1].labels[j]);
-            seen[j]++;
-            order[pass][b] = j;
-        }
-        for (int j = 0; j < 21; j++) assert_int_equal(seen[j], 1); /* each once per pass */
-    }
-    assert_true(memcmp(order[0], order[1], sizeof order[0]) != 0); /* reshuffled */
-    for (int k = 0; k < 8; k++) assert_true(x[per * (size_t)n + (size_t)k] == -12345.0f);
-
-    /* a mixed batch: task list decides, labels within the task's classes */
-    int mix[10] = {0, 1, 1, 0, 1, 0, 0, 1, 1, 1}, ml[10];
-    assert_int_equal(tsr_loader_batch(&l, mix, 10, x, ml, 5), 0);
-    for (int b = 0; b < 10; b++) {
-        int i = mix[b];
-        int64_t j = find_example(&l, i, x + per * (size_t)b);
-        assert_true(j >= 0);
-        assert_int_equal(ml[b], l.t[i].labels[j]);
-        assert_true(ml[b] >= 0 && ml[b] < g_K[l.t[i].suite_task]);
-    }
-    tsr_loader_close(&l);
-    free(x);
-    free(tk);
-    free(lab);
-}
-
-static int reflect_pad_index(int u, int n) { /* numpy.pad(mode="reflect") for a pad of 2 */
-    if (u < 0) return -u;
-    if (u >= n) return 2 * n - 2 - u;
-    return u;
-}
-
-/* Is img (C, S, S) a crop (offset dy, dx in [-2, 2], reflect padding) [+ flip] of ref (C, S, S)? */
-static int is_augmented(const float *ref, const float *img, int S, int flip_ok, int *was_identity) {
-    for (int fl = 0; fl <= flip_ok; fl++)
-        for (int dy = -2; dy <= 2; dy++)
-            for (int dx = -2; dx <= 2; dx++) {
-                int ok = 1;
-                for (int c = 0; c < C && ok; c++)
-                    for (int y = 0; y < S && ok; y++)
-                        for (int x = 0; x < S && ok; x++) {
-                            int wx = fl ? S - 1 - x : x; /* flip after the crop */
-                            int sy = reflect_pad_index(y + dy, S), sx = reflect_pad_index(wx + dx, S);
-                            ok = img[(c * S + y) * S + x] == ref[(c * S + sy) * S + sx];
-                        }
-                if (ok) {
-                    *was_identity = !fl && !dy && !dx;
-                    return 1;
-                }
-            }
-    return 0;
-}
-
-static void test_augmentation(void **state) {
-    (void)state;
-    const int sel[1] = {1};
-    tsr_loader_opts o = opts(0, 3, 0);
-    o.augment = 1;
-    o.flip = 1;
-    tsr_loader l, l2;
-    open_ok(&l, sel, 1, &o);
-    open_ok(&l2, sel, 1, &o);
-    enum { B = 24 };
-    const size_t per = (size_t)C * H * W;
-    float *x = malloc(sizeof(float) * (per * B + 4)), *x2 = malloc(sizeof(float) * per * B);
-    float *ref = malloc(sizeof(float) * per);
-    for (int k = 0; k < 4; k++) x[per * B + (size_t)k] = 777.0f;
-    int tk[B] = {0}, lab[B], lab2[B];
-    assert_int_equal(tsr_loader_batch(&l, tk, B, x, lab, 9), 0);
-    assert_int_equal(tsr_loader_batch(&l2, tk, B, x2, lab2, 9), 0);
-    assert_memory_equal(x, x2, sizeof(float) * per * B); /* deterministic */
-    assert_memory_equal(lab, lab2, sizeof lab);
-    for (int k = 0; k < 4; k++) assert_true(x[per * B + (size_t)k] == 777.0f); /* shape kept */
-    int changed = 0;
-    for (int b = 0; b < B; b++) {
-        int found = 0, ident = 0;
-        for (int64_t j = 0; j < l.t[0].n && !found; j++) {
-            assert_int_equal(tsr_loader_get(&l, 0, j, ref, NULL), 0);
-            if (l.t[0].labels[j] != lab[b]) continue;
-            found = is_augmented(ref, x + per * (size_t)b, H, 1, &ident);
-        }
-        assert_true(found);
-        changed += !ident;
-    }
-    assert_true(changed > B / 2);
-    /* another step: other crops */
-    assert_int_equal(tsr_loader_batch(&l2, tk, B, x2, lab2, 10), 0);
-    tsr_loader_close(&l);
-    tsr_loader_close(&l2);
-    free(x);
-    free(x2);
-    free(ref);
-}
+/* ------------------------------------------------------------------ size */
 
 static void test_out_size(void **state) {
     (void)state;
@@ -443,8 +318,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_shots_too_few, setup, teardown),
         cmocka_unit_test_setup_teardown(test_all_of_split, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refusals, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_batch_identity_and_passes, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_augmentation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_out_size, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -1,5 +1,6 @@
 /* test_trainer.c: the trainer's own pieces (src/train/): the sampler is independent of the rank count,
- * a training-state checkpoint round trip is exact, and one step of tsr_train_run equals an AdamW update
+ * the augmentation is a reflect-padded crop [+ flip], a training-state
+ * checkpoint round trip is exact, and one step of tsr_train_run equals an AdamW update
  * computed by hand from the model's gradient on the same batch. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -114,6 +115,74 @@ static void fill(float *p, size_t n, uint64_t seed) {
     tsr_rng r;
     tsr_rng_seed(&r, seed);
     for (size_t i = 0; i < n; i++) p[i] = (float)(tsr_rng_u64(&r) % 2001) / 1000.0f - 1.0f;
+}
+
+static int reflect_pad_index(int u, int n) { /* numpy.pad(mode="reflect") for a pad of 2 */
+    if (u < 0) return -u;
+    if (u >= n) return 2 * n - 2 - u;
+    return u;
+}
+
+/* Is img (C, S, S) a crop (offset dy, dx in [-2, 2], reflect padding) [+ flip] of ref (C, S, S)? */
+static int is_augmented(const float *ref, const float *img, int C, int S, int flip_ok, int *was_identity) {
+    for (int fl = 0; fl <= flip_ok; fl++)
+        for (int dy = -2; dy <= 2; dy++)
+            for (int dx = -2; dx <= 2; dx++) {
+                int ok = 1;
+                for (int c = 0; c < C && ok; c++)
+                    for (int y = 0; y < S && ok; y++)
+                        for (int x = 0; x < S && ok; x++) {
+                            int wx = fl ? S - 1 - x : x; /* flip after the crop */
+                            int sy = reflect_pad_index(y + dy, S), sx = reflect_pad_index(wx + dx, S);
+                            ok = img[(c * S + y) * S + x] == ref[(c * S + sy) * S + sx];
+                        }
+                if (ok) {
+                    *was_identity = !fl && !dy && !dx;
+                    return 1;
+                }
+            }
+    return 0;
+}
+
+/* Every augmented image of a batch is a crop at an offset in [-2, 2]^2 of the image padded by
+ * reflection as numpy.pad(mode="reflect") (the edge pixel not repeated), optionally flipped after the
+ * crop; the same (seed, step, slot) gives the same image; more than half of a batch is changed; without
+ * flip no image is flipped. Images with distinct random pixels, so that only the true crop matches. */
+static void test_augment_crop_flip(void **st) {
+    (void)st;
+    enum { C = 3, B = 24, SMAX = 7 };
+    const int sizes[] = {6, 7};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+        const int S = sizes[k];
+        const size_t per = (size_t)C * S * S;
+        float ref[B][C * SMAX * SMAX], x[B][C * SMAX * SMAX + 4], x2[C * SMAX * SMAX], tmp[SMAX * SMAX];
+        int changed = 0, flips_ok = 1, other_step = 0;
+        for (int b = 0; b < B; b++) {
+            fill(ref[b], per, 100 + (uint64_t)b);
+            memcpy(x[b], ref[b], sizeof(float) * per);
+            for (int q = 0; q < 4; q++) x[b][per + (size_t)q] = 777.0f; /* canary */
+            tsr_augment(x[b], C, S, 3, 9, b, 1, tmp);
+            for (int q = 0; q < 4; q++) assert_true(x[b][per + (size_t)q] == 777.0f); /* shape kept */
+            memcpy(x2, ref[b], sizeof(float) * per);
+            tsr_augment(x2, C, S, 3, 9, b, 1, tmp);
+            assert_memory_equal(x[b], x2, sizeof(float) * per); /* deterministic */
+            int ident = 0;
+            assert_true(is_augmented(ref[b], x[b], C, S, 1, &ident));
+            changed += !ident;
+            /* another step: another crop for some slot */
+            memcpy(x2, ref[b], sizeof(float) * per);
+            tsr_augment(x2, C, S, 3, 10, b, 1, tmp);
+            assert_true(is_augmented(ref[b], x2, C, S, 1, &ident));
+            other_step |= memcmp(x2, x[b], sizeof(float) * per) != 0;
+            /* flip = 0: a crop without flip */
+            memcpy(x2, ref[b], sizeof(float) * per);
+            tsr_augment(x2, C, S, 3, 9, b, 0, tmp);
+            flips_ok &= is_augmented(ref[b], x2, C, S, 0, &ident);
+        }
+        assert_true(changed > B / 2);
+        assert_true(other_step);
+        assert_true(flips_ok);
+    }
 }
 
 /* Save at steps 5, 10, 15 with keep = 2, load into zeroed copies: step 15, every tensor and count exact,
@@ -262,6 +331,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sampler_rank_independent),
         cmocka_unit_test(test_augment_deterministic),
+        cmocka_unit_test(test_augment_crop_flip),
         cmocka_unit_test(test_state_round_trip),
         cmocka_unit_test(test_one_step_by_hand),
     };

@@ -1,5 +1,5 @@
 /* tsr_config.c: tessera's configuration schema and cross-key checks. Keep configs/default.yaml in
- * step with this table (tests/unit/test_config.c checks that it loads to the same defaults). */
+ * step with this table (tests/io/test_config.c checks that it loads to the same defaults). */
 #define _POSIX_C_SOURCE 200809L
 #include "io/tsr_config.h"
 

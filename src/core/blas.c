@@ -6,10 +6,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "common.h"
+#include "cpu.h"
+#include "kernel_choice.h"
 
 #if defined(TSR_BLAS_BLIS)
 /* The few BLIS entry points used, declared here to keep blis.h (50k lines) out of the build. */
@@ -21,28 +24,21 @@ void tsr_blas_set_threads(int n) { bli_thread_set_num_threads(n); }
 static const char *kernel_name(void) { return bli_arch_string(bli_arch_query_id()); }
 static const char *blas_name(void) { return "BLIS"; }
 static const char *blas_version(void) { return bli_info_get_version_str(); }
-static int kernel_is_generic(const char *k) {
-    /* BLIS sub-configurations with AVX-512 micro-kernels. */
-    static const char *avx512[] = {"skx", "knl", "zen4", "zen5", NULL};
-    for (int i = 0; avx512[i]; i++)
-        if (strcmp(k, avx512[i]) == 0) return 0;
-    return 1;
-}
+#define TSR_LIB TSR_LIB_BLIS
 #elif defined(TSR_BLAS_OPENBLAS)
 char *openblas_get_corename(void);
 char *openblas_get_config(void);
 void openblas_set_num_threads(int);
+/* DYNAMIC_ARCH builds (Debian's) export these: the core set is chosen in gotoblas_dynamic_init from
+ * OPENBLAS_CORETYPE (or by detection) when the library loads; quit + init chooses again. Weak: a
+ * single-core build has neither, and then nothing is switched. */
+void gotoblas_dynamic_init(void) __attribute__((weak));
+void gotoblas_dynamic_quit(void) __attribute__((weak));
 void tsr_blas_set_threads(int n) { openblas_set_num_threads(n); }
 static const char *kernel_name(void) { return openblas_get_corename(); }
 static const char *blas_name(void) { return "OpenBLAS"; }
 static const char *blas_version(void) { return openblas_get_config(); }
-static int kernel_is_generic(const char *k) {
-    static const char *avx512[] = {"SkylakeX", "skylakex", "Cooperlake", "cooperlake",
-                                   "SapphireRapids", "sapphirerapids", NULL};
-    for (int i = 0; avx512[i]; i++)
-        if (strcmp(k, avx512[i]) == 0) return 0;
-    return 1;
-}
+#define TSR_LIB TSR_LIB_OPENBLAS
 #elif defined(TSR_BLAS_MKL)
 void mkl_set_num_threads(int);
 void mkl_get_version_string(char *, int);
@@ -54,43 +50,9 @@ static const char *blas_version(void) {
     mkl_get_version_string(v, sizeof v);
     return v;
 }
-static int kernel_is_generic(const char *k) { (void)k; return 0; }
+#define TSR_LIB TSR_LIB_MKL
 #else
 #error "no BLAS selected (TSR_BLAS_BLIS / TSR_BLAS_OPENBLAS / TSR_BLAS_MKL)"
-#endif
-
-static int cpu_has_avx512(void) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
-#else
-    return 0;
-#endif
-}
-
-#if defined(TSR_BLAS_BLIS)
-/* What BLIS detects on its own, asked in a child process (BLIS caches its choice on first use). */
-static void blis_autodetect(char *out, int len) {
-    int fd[2];
-    snprintf(out, (size_t)len, "unknown");
-    if (pipe(fd) != 0) return;
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(fd[0]);
-        const char *a = bli_arch_string(bli_arch_query_id());
-        ssize_t w = write(fd[1], a, strlen(a));
-        (void)w;
-        _exit(0);
-    }
-    close(fd[1]);
-    if (pid > 0) {
-        ssize_t n = read(fd[0], out, (size_t)len - 1);
-        if (n > 0) out[n] = 0;
-        waitpid(pid, NULL, 0);
-    }
-    close(fd[0]);
-}
 #endif
 
 static double check_gemm(void) {
@@ -111,26 +73,126 @@ static double check_gemm(void) {
     return err; /* the inputs are exact in binary: any error is a wrong kernel */
 }
 
+static tsr_cpu_features g_cpu;     /* what tsr_blas_init detected */
+static tsr_kernel_choice g_choice; /* what it decided (warn: a slow kernel kept) */
+static char g_detected[64] = "unknown";
+
+#if defined(TSR_BLAS_BLIS)
+/* BLIS fixes its kernel set on first use, so a candidate is tried in a child process: with
+ * BLIS_ARCH_TYPE=arch (arch NULL: the environment as it is), the child reports the kernel set BLIS
+ * runs and the self-check's error. 0 when the child reported; -1 when it crashed or said nothing
+ * (BLIS aborts on a sub-configuration it was not built with). */
+static int blis_probe(const char *arch, char *kernel, int len, double *err) {
+    int fd[2];
+    snprintf(kernel, (size_t)len, "unknown");
+    *err = INFINITY;
+    if (pipe(fd) != 0) return -1;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fd[0]);
+        if (arch) setenv("BLIS_ARCH_TYPE", arch, 1);
+        bli_thread_set_num_threads(1); /* no OpenMP team in a forked child */
+        double e = check_gemm();
+        char msg[128];
+        int n = snprintf(msg, sizeof msg, "%.60s %.17g", kernel_name(), e);
+        ssize_t w = write(fd[1], msg, (size_t)n);
+        (void)w;
+        _exit(0);
+    }
+    close(fd[1]);
+    char buf[128];
+    ssize_t n = 0, r;
+    while (pid > 0 && n < (ssize_t)sizeof buf - 1 && (r = read(fd[0], buf + n, sizeof buf - 1 - (size_t)n)) > 0) n += r;
+    buf[n > 0 ? n : 0] = 0;
+    close(fd[0]);
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) return -1;
+    char k[64];
+    if (sscanf(buf, "%63s %lf", k, err) != 2) return -1;
+    snprintf(kernel, (size_t)len, "%s", k);
+    return 0;
+}
+#endif
+
 int tsr_blas_init(char *note, int len) {
     note[0] = 0;
+    tsr_cpu_detect(&g_cpu);
+    tsr_kernel_inputs in = {.lib = TSR_LIB};
+    char fallback[400] = "";
 #if defined(TSR_BLAS_BLIS)
-    const char *user = getenv("BLIS_ARCH_TYPE"), *mode = getenv("TESSERA_BLIS_ARCH");
-    if (!user && !(mode && strcmp(mode, "auto") == 0) && cpu_has_avx512()) {
-        char det[64];
-        blis_autodetect(det, sizeof det);
-        if (strcmp(det, "generic") == 0) {
-            setenv("BLIS_ARCH_TYPE", "skx", 1);
-            snprintf(note, (size_t)len,
-                     "BLIS detected 'generic' on this AVX-512 CPU; selected its 'skx' AVX-512 kernels "
-                     "(set TESSERA_BLIS_ARCH=auto to keep BLIS's choice)");
+    const char *names[64];
+    int n = 0;
+    for (int i = 0; i < 63; i++) { /* the ids run up to 'generic', always the last */
+        const char *s = bli_arch_string(i);
+        if (!s) break;
+        names[n++] = s;
+        if (strcmp(s, "generic") == 0) break;
+    }
+    names[n] = NULL;
+    double err;
+    blis_probe(NULL, g_detected, sizeof g_detected, &err);
+    in.detected = g_detected;
+    in.available = names;
+    in.blis_arch_type = getenv("BLIS_ARCH_TYPE");
+    in.tessera_blis_arch = getenv("TESSERA_BLIS_ARCH");
+    tsr_kernel_choose(&g_cpu, &in, &g_choice);
+    if (g_choice.kernel[0]) {
+        /* BLIS 0.9 reads BLIS_ARCH_TYPE as a number (a name reads as 0, which happens to be skx); later
+         * versions take names or numbers: set the id. */
+        char id[16] = "", got[64] = "none";
+        for (int i = 0; i < n; i++)
+            if (strcmp(names[i], g_choice.kernel) == 0) snprintf(id, sizeof id, "%d", i);
+        if (id[0] && blis_probe(id, got, sizeof got, &err) == 0 && err <= 1e-9 &&
+            strcmp(got, g_choice.kernel) == 0) {
+            setenv("BLIS_ARCH_TYPE", id, 1);
+        } else {
+            snprintf(fallback, sizeof fallback, "BLIS with '%.31s' failed the self-check (kernel '%.63s', error %g, or the "
+                     "trial process died): BLIS's own '%s' kept", g_choice.kernel, got, err, g_detected);
         }
     }
+#elif defined(TSR_BLAS_OPENBLAS)
+    snprintf(g_detected, sizeof g_detected, "%s", kernel_name());
+    in.detected = g_detected;
+    in.openblas_coretype = getenv("OPENBLAS_CORETYPE");
+    tsr_kernel_choose(&g_cpu, &in, &g_choice);
+    if (g_choice.kernel[0]) {
+        if (!gotoblas_dynamic_init || !gotoblas_dynamic_quit) {
+            snprintf(fallback, sizeof fallback, "this OpenBLAS cannot switch core sets (not a DYNAMIC_ARCH build): "
+                     "'%s' kept", g_detected);
+        } else {
+            gotoblas_dynamic_quit();
+            setenv("OPENBLAS_CORETYPE", g_choice.kernel, 1);
+            gotoblas_dynamic_init();
+            double err = check_gemm();
+            if (err > 1e-9 || strcasecmp(kernel_name(), g_choice.kernel) != 0) {
+                snprintf(fallback, sizeof fallback, "OpenBLAS with '%s' failed the self-check (core '%s', error %g): "
+                         "its own '%s' kept", g_choice.kernel, kernel_name(), err, g_detected);
+                gotoblas_dynamic_quit();
+                unsetenv("OPENBLAS_CORETYPE");
+                gotoblas_dynamic_init();
+            }
+        }
+    }
+#else
+    snprintf(g_detected, sizeof g_detected, "%s", kernel_name());
+    in.detected = g_detected;
+    tsr_kernel_choose(&g_cpu, &in, &g_choice);
 #endif
-    double err = check_gemm();
-    if (err > 1e-9)
+    if (fallback[0]) {
+        g_choice.kernel[0] = 0;
+        g_choice.warn = 1;
+        snprintf(g_choice.reason, sizeof g_choice.reason, "%s", fallback);
+    }
+    char cpu[160];
+    tsr_cpu_describe(&g_cpu, cpu, sizeof cpu);
+    snprintf(note, (size_t)len, "cpu: %s; %s picked '%s'; tessera: %s (%s)", cpu, blas_name(), g_detected,
+             g_choice.kernel[0] ? g_choice.kernel : "kept it", g_choice.reason);
+    double final_err = check_gemm();
+    if (final_err > 1e-9)
         return tsr_error("BLAS self-check failed: sgemm/dgemm differ from a naive loop by %g on exact "
                          "inputs (kernel %s). HINT: choose another BLAS (-DTESSERA_BLAS=...) or unset "
-                         "BLIS_ARCH_TYPE / OPENBLAS_CORETYPE", err, kernel_name());
+                         "BLIS_ARCH_TYPE / OPENBLAS_CORETYPE", final_err, kernel_name());
     return 0;
 }
 
@@ -138,4 +200,10 @@ void tsr_blas_describe(char *buf, int len) {
     snprintf(buf, (size_t)len, "%s %s (kernel: %s)", blas_name(), blas_version(), kernel_name());
 }
 
-int tsr_blas_generic_on_avx512(void) { return cpu_has_avx512() && kernel_is_generic(kernel_name()); }
+int tsr_blas_slow_kernel(char *msg, int len) {
+    msg[0] = 0;
+    if (!g_choice.warn || !tsr_cpu_has_avx512(&g_cpu)) return 0;
+    snprintf(msg, (size_t)len, "%s runs its '%s' kernels, without AVX-512, on this AVX-512 CPU: expect 2-5x "
+             "slower matrix products. Why: %s", blas_name(), kernel_name(), g_choice.reason);
+    return 1;
+}

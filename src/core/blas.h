@@ -28,16 +28,20 @@ static inline void tsr_gemm(int transA, int transB, int M, int N, int K, real al
 #endif
 }
 
-/* Call once at start-up, before any other BLAS call: picks the kernel (BLIS 0.9 detects recent AVX-512
- * CPUs such as AMD Zen 5 as 'generic', 5x slower: then the 'skx' AVX-512 kernels are selected through
- * BLIS_ARCH_TYPE unless the user set it, or TESSERA_BLIS_ARCH=auto), then checks sgemm and dgemm
- * against a naive loop. note receives what was done ("" if nothing). 0, or -1 (tsr_error) when BLAS
- * gives wrong results. */
+/* Call once at start-up, before any other BLAS call: detects the CPU, asks the library which kernel
+ * set it picks, and when that set lacks AVX-512 on an AVX-512 CPU selects the library's AVX-512 set
+ * (tsr_kernel_choose in kernel_choice.h: BLIS through BLIS_ARCH_TYPE, OpenBLAS through
+ * OPENBLAS_CORETYPE), unless the user chose (BLIS_ARCH_TYPE, TESSERA_BLIS_ARCH=auto,
+ * OPENBLAS_CORETYPE). A selected set must pass the sgemm/dgemm check against a naive loop, else the
+ * library's own choice is kept. note receives one line for the log: CPU features, the library's
+ * choice, tessera's choice and why. 0, or -1 (tsr_error) when BLAS gives wrong results. */
 int tsr_blas_init(char *note, int len);
 /* Set the number of threads BLAS may use. */
 void tsr_blas_set_threads(int n);
 /* e.g. "BLIS 0.9.0 (kernel: zen3, openmp)". Written into buf. */
 void tsr_blas_describe(char *buf, int len);
-/* 1 when the BLAS runs a kernel without AVX-512 on a CPU that has AVX-512 (a 3-6x slowdown). */
-int tsr_blas_generic_on_avx512(void);
+/* 1 when the BLAS runs a kernel set without AVX-512 on a CPU that has AVX-512 because the user's
+ * environment asked for it or the AVX-512 set failed the self-check (a 2-5x slowdown); msg then names
+ * the kernel and the reason. 0 when tsr_blas_init selected or found an AVX-512 set. */
+int tsr_blas_slow_kernel(char *msg, int len);
 #endif

@@ -184,14 +184,24 @@ int main(int argc, char **argv) {
         fprintf(stderr, "non-finite loss\n");
         return 1;
     }
+    /* Model FLOPs per image (docs/ARCHITECTURE.md, "What grows with what"): forward
+     * 2 T L (4 D^2 + 2 D M) + 4 L T^2 D (the block GEMMs and attention; the patch embedding, the head,
+     * LayerNorm, GELU, softmax and the adapters' own low-rank products are not counted); backward:
+     * probe 0 (stops at the head), frozen and the adapter modes 1x forward (input gradients through
+     * every block), full 2x forward (input and weight gradients). */
+    double T = m.tokens, D = c.dim, L = c.depth, M = c.mlp_dim;
+    double fwd_flops = 2 * T * L * (4 * D * D + 2 * D * M) + 4 * L * T * T * D;
+    double bwd_factor = strcmp(mode, "probe") == 0 ? 0 : strcmp(mode, "full") == 0 ? 2 : 1;
+    double flops_per_image = fwd_flops * (1 + bwd_factor);
     double med = median(times, n);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("tessera workload=%s mode=%s threads=%d step_ms=%.2f img_per_s=%.2f peak_rss_mb=%.1f steps=%d "
-           "trainable=%zu segments=%d begin_ms=%.3f fwd_ms=%.2f bwd_ms=%.2f opt_ms=%.3f\n",
+           "trainable=%zu segments=%d begin_ms=%.3f fwd_ms=%.2f bwd_ms=%.2f opt_ms=%.3f flops_per_image=%.4g "
+           "model_gflops=%.1f\n",
            argv[1], mode, tsr_world.threads, med * 1e3, B / med, ru.ru_maxrss / 1024.0, n, trainable,
            use_ad ? ad.nseg : 0, median(t_begin, n) * 1e3, median(t_fwd, n) * 1e3, median(t_bwd, n) * 1e3,
-           median(t_opt, n) * 1e3);
+           median(t_opt, n) * 1e3, flops_per_image, flops_per_image * B / med * 1e-9);
     tsr_adamw_free(&opt);
     if (use_ad) {
         tsr_adamw_free(&aopt);

@@ -7,6 +7,7 @@
 #include "core/blas.h"
 #include "core/common.h"
 #include "dist/parallel.h"
+#include "model/vec.h"
 
 void tsr_version_string(char *buf, int len) {
     char blas[256], mpi[256];
@@ -37,6 +38,8 @@ int tsr_runtime_setup(int threads) {
     tsr_info("%s", v);
     tsr_info("ranks: %d (%d on this node) x threads: %d", tsr_world.size, tsr_world.local_size, n);
     if (note[0]) tsr_info("blas: %s", note);
+    tsr_info("simd: %s elementwise kernels (GELU, exp, LayerNorm; TESSERA_SIMD overrides)",
+             tsr_simd_name(tsr_simd_level()));
     if (tsr_blas_generic_on_avx512() && tsr_world.rank == 0)
         tsr_warn("the BLAS runs a generic (non-AVX-512) kernel on this AVX-512 CPU: expect a 3-6x slower "
                  "run. HINT: build with -DTESSERA_BLAS=blis (default), or check BLIS_ARCH_TYPE / "

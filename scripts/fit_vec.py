@@ -9,7 +9,7 @@ The reference is Python's math.exp / math.erfc (double). Prints C initialisers a
   exp:  e^r = P(r),  r in [-ln2/2, ln2/2],  degree 6
   erfc: erfc(u) = t * exp(-u^2) * Q(t),  t = 1 / (1 + u/2),  u in [0, 10.1],  degree 9
         (the form of Abramowitz & Stegun 7.1.26 with its own coefficients)
-  erf:  erf(z) = z * S(z^2),  |z| <= 0.5, degree 4 in z^2
+  erf:  erf(z) = z * S(z^2),  |z| <= 0.875, degree 5 in z^2
 usage: scripts/fit_vec.py
 """
 import math
@@ -53,7 +53,7 @@ c, e = lawson(np.vander(t, 10, increasing=True), g)
 show("erfc Q(t), t = 1/(1 + u/2), degree 9", c, e, t, g)
 
 # erf near 0
-z = cheb(1e-6, 0.5)
+z = cheb(1e-6, 0.875)
 f = np.array([math.erf(x) for x in z]) / z
-c, e = lawson(np.vander(z * z, 5, increasing=True), f)
-show("erf S(z^2), degree 4 in z^2", c, e, z * z, f)
+c, e = lawson(np.vander(z * z, 6, increasing=True), f)
+show("erf S(z^2), degree 5 in z^2", c, e, z * z, f)

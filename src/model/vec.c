@@ -33,12 +33,13 @@
 #define ERFC_Q7 4.252370894e-01f
 #define ERFC_Q8 -1.216441691e-01f
 #define ERFC_Q9 1.198073663e-02f
-/* erf(z) = z S(z^2), |z| < 0.5 */
+/* erf(z) = z S(z^2), |z| < ERF_SMALL */
 #define ERF_S0 1.128379107e+00f
-#define ERF_S1 -3.761260808e-01f
-#define ERF_S2 1.128282323e-01f
-#define ERF_S3 -2.675720863e-02f
-#define ERF_S4 4.718034063e-03f
+#define ERF_S1 -3.761255145e-01f
+#define ERF_S2 1.128245592e-01f
+#define ERF_S3 -2.679148503e-02f
+#define ERF_S4 5.032208748e-03f
+#define ERF_S5 -6.203385419e-04f
 /* Cody-Waite: ln2 = LN2_HI + LN2_LO, LN2_HI with 9 significant bits so n * LN2_HI is exact for |n| < 2^15 */
 #define LOG2E 1.44269504088896341f
 #define LN2_HI 0.693359375f
@@ -48,7 +49,8 @@
 #define EXP_HI 89.0f
 #define INV_SQRT2 0.70710678118654752440f
 #define INV_SQRT_2PI 0.39894228040143267794f
-#define ERF_SMALL 0.5f
+#define ERF_SMALL 0.875f
+#define PHI_SMALL 0.25f /* Phi from erf's small branch below: near 0 it is more accurate than erfc's, and 1 + erf(u) cancels little */
 #define GELU_CLAMP 20.0f /* |x| beyond: Phi(x) is 0 or 1 and phi(x) 0 in float */
 #define ERF_CLAMP 10.0f  /* |z| beyond: erf(z) = +-1 in float */
 
@@ -168,29 +170,37 @@ T512 static inline v16 expnegsq16(v16 x, float c) {
     v16 h = _mm512_mul_ps(x2, set16(-c)), hlo = _mm512_mul_ps(lo, set16(-c));
     return exp16_core(_mm512_max_ps(h, set16(EXP_LO)), hlo);
 }
-T512 static inline v16 erf16(v16 z) {
-    v16 a = _mm512_min_ps(_mm512_abs_ps(z), set16(ERF_CLAMP));
+/* erf(z) for |z| < ERF_SMALL: z S(z^2) */
+T512 static inline v16 erfsmall16(v16 z) {
     v16 z2 = _mm512_mul_ps(z, z);
-    v16 s = set16(ERF_S4);
+    v16 s = set16(ERF_S5);
+    s = _mm512_fmadd_ps(s, z2, set16(ERF_S4));
     s = _mm512_fmadd_ps(s, z2, set16(ERF_S3));
     s = _mm512_fmadd_ps(s, z2, set16(ERF_S2));
     s = _mm512_fmadd_ps(s, z2, set16(ERF_S1));
     s = _mm512_fmadd_ps(s, z2, set16(ERF_S0));
-    v16 small = _mm512_mul_ps(z, s);
+    return _mm512_mul_ps(z, s);
+}
+T512 static inline v16 erf16(v16 z) {
+    v16 a = _mm512_min_ps(_mm512_abs_ps(z), set16(ERF_CLAMP));
+    v16 small = erfsmall16(z);
     v16 big = _mm512_sub_ps(set16(1.0f), erfc16_pos(a, expnegsq16(a, 1.0f)));
     big = _mm512_or_ps(big, _mm512_and_ps(z, set16(-0.0f))); /* sign of z */
     __mmask16 is_small = _mm512_cmp_ps_mask(_mm512_abs_ps(z), set16(ERF_SMALL), _CMP_LT_OQ);
     v16 y = _mm512_mask_mov_ps(big, is_small, small);
     return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(z, z, _CMP_UNORD_Q), z);
 }
-/* Phi(x) and phi(x) (the normal density), x clamped to [-GELU_CLAMP, GELU_CLAMP] */
+/* Phi(x) and phi(x) (the normal density), x clamped to [-GELU_CLAMP, GELU_CLAMP]. Phi = (1 + erf(u)) / 2,
+ * u = x / sqrt 2: from erf's small branch for |u| < PHI_SMALL, else from erfc(|u|) (no cancellation for x < 0) */
 T512 static inline v16 phi16(v16 xc, v16 *pdf) {
     v16 e = expnegsq16(xc, 0.5f); /* exp(-x^2/2) */
-    v16 ec = erfc16_pos(_mm512_mul_ps(_mm512_abs_ps(xc), set16(INV_SQRT2)), e); /* erfc(|x|/sqrt2) */
-    v16 half = _mm512_mul_ps(ec, set16(0.5f));
+    v16 u = _mm512_mul_ps(xc, set16(INV_SQRT2)), au = _mm512_abs_ps(u);
+    v16 half = _mm512_mul_ps(erfc16_pos(au, e), set16(0.5f)); /* erfc(|u|) / 2 */
     __mmask16 neg = _mm512_cmp_ps_mask(xc, _mm512_setzero_ps(), _CMP_LT_OQ);
+    v16 cdf = _mm512_mask_mov_ps(_mm512_sub_ps(set16(1.0f), half), neg, half);
+    v16 cdf_small = _mm512_fmadd_ps(erfsmall16(u), set16(0.5f), set16(0.5f));
     *pdf = _mm512_mul_ps(e, set16(INV_SQRT_2PI));
-    return _mm512_mask_mov_ps(_mm512_sub_ps(set16(1.0f), half), neg, half);
+    return _mm512_mask_mov_ps(cdf, _mm512_cmp_ps_mask(au, set16(PHI_SMALL), _CMP_LT_OQ), cdf_small);
 }
 T512 static inline v16 clampg16(v16 x) {
     return _mm512_min_ps(_mm512_max_ps(x, set16(-GELU_CLAMP)), set16(GELU_CLAMP));
@@ -235,7 +245,8 @@ T512 static inline v16 gelu16(v16 x) {
 T512 static inline v16 dgelu16(v16 x) {
     v16 pdf, xc = clampg16(x);
     v16 cdf = phi16(xc, &pdf);
-    return _mm512_fmadd_ps(xc, pdf, cdf);
+    v16 d = _mm512_fmadd_ps(xc, pdf, cdf);
+    return _mm512_mask_mov_ps(d, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x); /* NaN in, NaN out */
 }
 T512 static void gelu_fwd_avx512(float *out, const float *x, long n) {
     long i = 0;
@@ -392,16 +403,20 @@ T256 static inline v8 expnegsq8(v8 x, float c) {
     v8 h = _mm256_mul_ps(x2, set8(-c)), hlo = _mm256_mul_ps(lo, set8(-c));
     return exp8_core(_mm256_max_ps(h, set8(EXP_LO)), hlo);
 }
-T256 static inline v8 erf8(v8 z) {
-    v8 az = abs8(z);
-    v8 a = _mm256_min_ps(az, set8(ERF_CLAMP));
+T256 static inline v8 erfsmall8(v8 z) {
     v8 z2 = _mm256_mul_ps(z, z);
-    v8 s = set8(ERF_S4);
+    v8 s = set8(ERF_S5);
+    s = _mm256_fmadd_ps(s, z2, set8(ERF_S4));
     s = _mm256_fmadd_ps(s, z2, set8(ERF_S3));
     s = _mm256_fmadd_ps(s, z2, set8(ERF_S2));
     s = _mm256_fmadd_ps(s, z2, set8(ERF_S1));
     s = _mm256_fmadd_ps(s, z2, set8(ERF_S0));
-    v8 small = _mm256_mul_ps(z, s);
+    return _mm256_mul_ps(z, s);
+}
+T256 static inline v8 erf8(v8 z) {
+    v8 az = abs8(z);
+    v8 a = _mm256_min_ps(az, set8(ERF_CLAMP));
+    v8 small = erfsmall8(z);
     v8 big = _mm256_sub_ps(set8(1.0f), erfc8_pos(a, expnegsq8(a, 1.0f)));
     big = _mm256_or_ps(big, _mm256_and_ps(z, set8(-0.0f)));
     v8 y = _mm256_blendv_ps(big, small, _mm256_cmp_ps(az, set8(ERF_SMALL), _CMP_LT_OQ));
@@ -409,10 +424,12 @@ T256 static inline v8 erf8(v8 z) {
 }
 T256 static inline v8 phi8(v8 xc, v8 *pdf) {
     v8 e = expnegsq8(xc, 0.5f);
-    v8 ec = erfc8_pos(_mm256_mul_ps(abs8(xc), set8(INV_SQRT2)), e);
-    v8 half = _mm256_mul_ps(ec, set8(0.5f));
+    v8 u = _mm256_mul_ps(xc, set8(INV_SQRT2)), au = abs8(u);
+    v8 half = _mm256_mul_ps(erfc8_pos(au, e), set8(0.5f));
+    v8 cdf = _mm256_blendv_ps(_mm256_sub_ps(set8(1.0f), half), half, _mm256_cmp_ps(xc, _mm256_setzero_ps(), _CMP_LT_OQ));
+    v8 cdf_small = _mm256_fmadd_ps(erfsmall8(u), set8(0.5f), set8(0.5f));
     *pdf = _mm256_mul_ps(e, set8(INV_SQRT_2PI));
-    return _mm256_blendv_ps(_mm256_sub_ps(set8(1.0f), half), half, _mm256_cmp_ps(xc, _mm256_setzero_ps(), _CMP_LT_OQ));
+    return _mm256_blendv_ps(cdf, cdf_small, _mm256_cmp_ps(au, set8(PHI_SMALL), _CMP_LT_OQ));
 }
 T256 static inline v8 clampg8(v8 x) { return _mm256_min_ps(_mm256_max_ps(x, set8(-GELU_CLAMP)), set8(GELU_CLAMP)); }
 T256 static inline v8 gelu8(v8 x) {
@@ -422,7 +439,8 @@ T256 static inline v8 gelu8(v8 x) {
 T256 static inline v8 dgelu8(v8 x) {
     v8 pdf, xc = clampg8(x);
     v8 cdf = phi8(xc, &pdf);
-    return _mm256_fmadd_ps(xc, pdf, cdf);
+    v8 d = _mm256_fmadd_ps(xc, pdf, cdf);
+    return _mm256_blendv_ps(d, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q)); /* NaN in, NaN out */
 }
 /* The tail of fewer than 8 elements: through a zero-padded stack vector (no read past the buffers). */
 #define TAIL8(n, i, dst, expr_of_v)                                        \

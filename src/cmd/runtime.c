@@ -8,6 +8,7 @@
 #include "core/common.h"
 #include "core/cpu.h"
 #include "dist/parallel.h"
+#include "model/vec.h"
 
 void tsr_version_string(char *buf, int len) {
     char blas[256], mpi[256];
@@ -59,6 +60,8 @@ int tsr_runtime_setup(int threads) {
         char peak[384];
         peak_line(peak, sizeof peak);
         tsr_info("%s", peak);
+        tsr_info("simd: %s elementwise kernels (GELU, exp, LayerNorm; TESSERA_SIMD overrides)",
+                 tsr_simd_name(tsr_simd_level()));
         char slow[1024];
         if (tsr_blas_slow_kernel(slow, sizeof slow))
             tsr_warn("%s. HINT: unset BLIS_ARCH_TYPE / TESSERA_BLIS_ARCH / OPENBLAS_CORETYPE, or build with "

@@ -1,4 +1,6 @@
-/* layers.c: fast kernels (BLAS for the matmuls, OpenMP for the rest). Naive twins: layers_ref.c. */
+/* layers.c: fast kernels (BLAS for the matmuls, OpenMP for the rest). Naive twins: layers_ref.c.
+ * The float build runs GELU, LayerNorm and the softmax exponentials through the SIMD kernels of
+ * vec.c (AVX-512 / AVX2 / scalar, chosen at run time); the double build keeps libm's scalar code. */
 #include "model/layers.h"
 
 #include <math.h>
@@ -7,6 +9,10 @@
 
 #include "core/blas.h"
 #include "core/common.h"
+#include "model/vec.h"
+
+/* elementwise kernels run over chunks of this many elements, one chunk per OpenMP iteration */
+#define CHUNK 4096
 
 void patchify_forward(real *patches, const real *images, int B, int C, int IMG, int P) {
     int G = IMG / P, NP = G * G, CPP = C * P * P;
@@ -48,6 +54,12 @@ void linear_backward(real *dinp, real *dW, real *db, const real *dout, const rea
 
 void layernorm_forward(real *out, real *mean, real *rstd, const real *inp, const real *w, const real *b,
                        int N, int C, double eps) {
+#ifndef TSR_F64
+    tsr_simd_level(); /* choose the kernels before the threads start */
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++)
+        tsr_vec_ln_fwd_row(out + (size_t)n * C, mean + n, rstd + n, inp + (size_t)n * C, w, b, C, eps);
+#else
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const real *x = inp + (size_t)n * C;
@@ -66,16 +78,24 @@ void layernorm_forward(real *out, real *mean, real *rstd, const real *inp, const
         mean[n] = m;
         rstd[n] = s;
     }
+#endif
 }
 
 void layernorm_backward(real *dinp, real *dw, real *db, const real *dout, const real *inp, const real *w,
                         const real *mean, const real *rstd, int N, int C) {
+#ifndef TSR_F64
+    tsr_simd_level();
+#endif
     if (dinp) {
 #pragma omp parallel for schedule(static)
         for (int n = 0; n < N; n++) {
             const real *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
             real *dx = dinp + (size_t)n * C;
             real m = mean[n], s = rstd[n];
+#ifndef TSR_F64
+            tsr_vec_ln_bwd_row(dx, dy, x, w, m, s, C);
+            continue;
+#endif
             real sum_g = 0, sum_gx = 0; /* g = dy * w; xh = (x - m) * s */
             for (int i = 0; i < C; i++) {
                 real g = dy[i] * w[i];
@@ -100,10 +120,14 @@ void layernorm_backward(real *dinp, real *dw, real *db, const real *dout, const 
             for (int n = 0; n < N; n++) {
                 const real *x = inp + (size_t)n * C, *dy = dout + (size_t)n * C;
                 real m = mean[n], s = rstd[n];
+#ifndef TSR_F64
+                tsr_vec_ln_wb_row(accw, accb, dy + c0, x + c0, m, s, c1 - c0);
+#else
                 for (int i = c0; i < c1; i++) {
                     accw[i - c0] += dy[i] * (x[i] - m) * s;
                     accb[i - c0] += dy[i];
                 }
+#endif
             }
             for (int i = c0; i < c1; i++) {
                 if (dw) dw[i] += accw[i - c0];
@@ -117,6 +141,12 @@ void layernorm_backward(real *dinp, real *dw, real *db, const real *dout, const 
 #define INV_SQRT_2PI 0.39894228040143267794
 
 void gelu_forward(real *out, const real *inp, long n) {
+#ifndef TSR_F64
+    tsr_simd_level();
+#pragma omp parallel for schedule(static)
+    for (long c = 0; c < n; c += CHUNK) tsr_vec_gelu_fwd(out + c, inp + c, n - c < CHUNK ? n - c : CHUNK);
+    return;
+#endif
 #pragma omp parallel for simd schedule(static)
     for (long i = 0; i < n; i++) {
         real x = inp[i];
@@ -125,6 +155,13 @@ void gelu_forward(real *out, const real *inp, long n) {
 }
 
 void gelu_backward(real *dinp, const real *dout, const real *inp, long n) {
+#ifndef TSR_F64
+    tsr_simd_level();
+#pragma omp parallel for schedule(static)
+    for (long c = 0; c < n; c += CHUNK)
+        tsr_vec_gelu_bwd(dinp + c, dout + c, inp + c, n - c < CHUNK ? n - c : CHUNK);
+    return;
+#endif
 #pragma omp parallel for simd schedule(static)
     for (long i = 0; i < n; i++) {
         real x = inp[i];
@@ -150,6 +187,9 @@ void attention_forward(real *out, real *att, const real *qkv, int B, int T, int 
     int hd = D / H;
     size_t D3 = 3 * (size_t)D;
     real scale = (real)(1.0 / sqrt((double)hd));
+#ifndef TSR_F64
+    tsr_simd_level();
+#endif
 #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
@@ -164,11 +204,15 @@ void attention_forward(real *out, real *att, const real *qkv, int B, int T, int 
                     p[j] = s;
                     if (s > mx) mx = s;
                 }
+#ifndef TSR_F64
+                real sum = tsr_vec_exp_sum(p, p, mx, T);
+#else
                 real sum = 0;
                 for (int j = 0; j < T; j++) {
                     p[j] = rexp(p[j] - mx);
                     sum += p[j];
                 }
+#endif
                 real inv = 1 / sum;
                 real *o = out + ((size_t)b * T + i) * D + h * hd;
                 for (int d = 0; d < hd; d++) o[d] = 0;
@@ -226,8 +270,14 @@ double softmax_xent_forward(real *probs, const real *logits, const int *labels, 
         double mx = -INFINITY, sum = 0;
         for (int k = 0; k < K; k++)
             if (z[k] > mx) mx = z[k];
+#ifndef TSR_F64
+        tsr_vec_exp_sum(p, z, (float)mx, K); /* the exponentials in float, their sum in double */
+        for (int k = 0; k < K; k++) sum += p[k];
+        for (int k = 0; k < K; k++) p[k] = (real)(p[k] / sum);
+#else
         for (int k = 0; k < K; k++) sum += exp((double)z[k] - mx);
         for (int k = 0; k < K; k++) p[k] = (real)(exp((double)z[k] - mx) / sum);
+#endif
         if (labels) loss += -((double)z[labels[b]] - mx - log(sum));
     }
     return loss / B;

@@ -9,6 +9,8 @@ PKGS=(
   libopenmpi-dev openmpi-bin libscalapack-openmpi-dev libnetcdf-mpi-dev netcdf-bin
   # BLAS: BLIS (default, detects AVX-512 correctly) and OpenBLAS (alternative)
   libblis-dev libopenblas-dev
+  # bf16 matrix products (model.precision bf16 / auto): oneDNN's matmul
+  libdnnl-dev
   # checkpoints (safetensors JSON header), configuration, tests
   libjansson-dev libyaml-dev libcmocka-dev
   # data: fonts, images, Fashion-MNIST

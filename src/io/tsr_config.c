@@ -32,6 +32,12 @@ const cfg_field tsr_config_schema[] = {
     F("model.ln_eps", CFG_FLOAT, model.ln_eps, 0, 1, NULL, "1.0e-6", "LayerNorm epsilon"),
     F("model.naming", CFG_ENUM, model.naming, 1, 0, "timm|hf", "\"timm\"",
       "tensor naming used when writing checkpoints: timm | hf"),
+    F("model.precision", CFG_ENUM, model.precision, 1, 0, "fp32|bf16|auto", "\"fp32\"",
+      "frozen backbone weights (qkv, proj, fc1, fc2 of the blocks) and their matrix products: fp32 | bf16 "
+      "(weights stored once in bf16, products with bf16 inputs and fp32 sums; adapters, head, LayerNorm, "
+      "softmax and the optimizer stay fp32; needs oneDNN, and avx512_bf16 / amx_bf16 to be fast) | auto (bf16 "
+      "when the CPU has native bf16 and a start-up measurement finds it > 10% faster). Full fine-tuning is "
+      "always fp32"),
     /* data */
     F("data.dataset", CFG_ENUM, data.dataset, 1, 0, "fashion-mnist|netcdf|suite", "\"fashion-mnist\"",
       "dataset format: fashion-mnist (idx files) | netcdf (one task) | suite (a multi-task netCDF suite: tasks by data.role)"),

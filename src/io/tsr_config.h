@@ -24,6 +24,7 @@ typedef struct {
         long num_classes;       /* classifier outputs */
         double ln_eps;          /* LayerNorm epsilon */
         char naming[CFG_STR_MAX]; /* "timm" | "hf": tensor names written to checkpoints */
+        char precision[CFG_STR_MAX]; /* "fp32" | "bf16" | "auto": frozen block weights and their products */
     } model;
     struct {
         char dataset[CFG_STR_MAX]; /* "fashion-mnist" | "netcdf" */

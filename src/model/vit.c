@@ -9,6 +9,9 @@
 #include "core/common.h"
 #include "core/rng.h"
 #include "model/layers.h"
+#ifndef TSR_F64
+#include "core/bf16.h"
+#endif
 
 /* The attached extension's module at (layer, site), or -1 (no extension or none there). */
 static inline int site_module(const tsr_vit *m, int layer, int site) {
@@ -17,6 +20,59 @@ static inline int site_module(const tsr_vit *m, int layer, int site) {
 /* The extension's batch order for B examples, or NULL for the caller's. */
 static inline const int *batch_perm(const tsr_vit *m, int B) {
     return m->hooks ? m->hooks->batch_perm(m->hooks_ctx, B) : NULL;
+}
+
+/* the bf16 copy of a block weight at offset off, or NULL */
+#define W16(base, off) ((base) ? (base) + (off) : NULL)
+
+/* A block's linear layer, out (N, OC) = inp (N, C) W^T + b: from the bf16 copy W16 when the model holds
+ * one (model.precision bf16), else fp32. */
+static void block_linear_fwd(real *out, const real *inp, const real *W, const uint16_t *W16, const real *b,
+                             int N, int C, int OC) {
+#ifndef TSR_F64
+    if (W16) {
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) memcpy(out + (size_t)n * OC, b, sizeof(real) * (size_t)OC);
+        TSR_CHECK(tsr_gemm_bf16(1, N, OC, C, inp, C, W16, C, 1, out, OC) == 0, "%s", tsr_last_error());
+        return;
+    }
+#endif
+    (void)W16;
+    linear_forward(out, inp, W, b, N, C, OC);
+}
+/* Its backward: dinp += dout W from the bf16 copy when there is one (the weights are then frozen). */
+static void block_linear_bwd(real *dinp, real *dW, real *db, const real *dout, const real *inp, const real *W,
+                             const uint16_t *W16, int N, int C, int OC) {
+#ifndef TSR_F64
+    if (W16 && dinp) {
+        TSR_CHECK(tsr_gemm_bf16(0, N, C, OC, dout, OC, W16, C, 1, dinp, C) == 0, "%s", tsr_last_error());
+        dinp = NULL;
+    }
+#endif
+    (void)W16;
+    linear_backward(dinp, dW, db, dout, inp, W, N, C, OC);
+}
+
+int tsr_vit_set_precision(tsr_vit *m, int bf16) {
+    free(m->w16_mem);
+    m->w16_mem = m->qkvw16 = m->projw16 = m->fc1w16 = m->fc2w16 = NULL;
+    if (!bf16) return 0;
+#ifdef TSR_F64
+    return tsr_error("model: bf16 weights exist in the float build only");
+#else
+    size_t D = m->cfg.dim, L = m->cfg.depth, M = m->cfg.mlp_dim;
+    size_t n[4] = {L * 3 * D * D, L * D * D, L * M * D, L * D * M};
+    const real *src[4] = {m->params.qkvw, m->params.projw, m->params.fc1w, m->params.fc2w};
+    uint16_t **dst[4] = {&m->qkvw16, &m->projw16, &m->fc1w16, &m->fc2w16};
+    m->w16_mem = tsr_aligned_alloc(sizeof(uint16_t) * (n[0] + n[1] + n[2] + n[3]));
+    uint16_t *p = m->w16_mem;
+    for (int i = 0; i < 4; i++) {
+        *dst[i] = p;
+        tsr_bf16_convert(p, src[i], n[i]);
+        p += n[i];
+    }
+    return 0;
+#endif
 }
 
 int tsr_vit_config_check(const tsr_vit_config *c) {
@@ -122,6 +178,7 @@ void tsr_vit_destroy(tsr_vit *m) {
     free(m->perm_images);
     free(m->perm_labels);
     free(m->perm_buf);
+    free(m->w16_mem);
     memset(m, 0, sizeof *m);
 }
 
@@ -199,20 +256,20 @@ double tsr_vit_forward(tsr_vit *m, const real *images, const int *labels, int B)
         void *hc = m->hooks_ctx;
         int k;
         layernorm_forward(ln1, ln1m, ln1r, x, p->ln1w + l * D, p->ln1b + l * D, BT, D, c->ln_eps);
-        linear_forward(qkv, ln1, p->qkvw + (size_t)l * 3 * D * D, p->qkvb + (size_t)l * 3 * D, BT, D, 3 * D);
+        block_linear_fwd(qkv, ln1, p->qkvw + (size_t)l * 3 * D * D, W16(m->qkvw16, (size_t)l * 3 * D * D), p->qkvb + (size_t)l * 3 * D, BT, D, 3 * D);
         for (int site = TSR_VIT_SITE_Q; site <= TSR_VIT_SITE_V; site++)
             if ((k = site_module(m, l, site)) >= 0) hk->forward(hc, k, qkv + (size_t)site * D, 3 * D, ln1, D);
         attention_forward(atty, att, qkv, B, T, D, H);
-        linear_forward(mid, atty, p->projw + (size_t)l * D * D, p->projb + (size_t)l * D, BT, D, D);
+        block_linear_fwd(mid, atty, p->projw + (size_t)l * D * D, W16(m->projw16, (size_t)l * D * D), p->projb + (size_t)l * D, BT, D, D);
         if ((k = site_module(m, l, TSR_VIT_SITE_PROJ)) >= 0) hk->forward(hc, k, mid, D, atty, D);
         if ((k = site_module(m, l, TSR_VIT_SITE_HOULSBY_ATTN)) >= 0) hk->forward(hc, k, mid, D, mid, D);
 #pragma omp parallel for simd schedule(static)
         for (size_t i = 0; i < BTD; i++) mid[i] += x[i];
         layernorm_forward(ln2, ln2m, ln2r, mid, p->ln2w + l * D, p->ln2b + l * D, BT, D, c->ln_eps);
-        linear_forward(fc1, ln2, p->fc1w + (size_t)l * M * D, p->fc1b + (size_t)l * M, BT, D, M);
+        block_linear_fwd(fc1, ln2, p->fc1w + (size_t)l * M * D, W16(m->fc1w16, (size_t)l * M * D), p->fc1b + (size_t)l * M, BT, D, M);
         if ((k = site_module(m, l, TSR_VIT_SITE_FC1)) >= 0) hk->forward(hc, k, fc1, M, ln2, D);
         gelu_forward(gl, fc1, (long)BT * M);
-        linear_forward(out, gl, p->fc2w + (size_t)l * D * M, p->fc2b + (size_t)l * D, BT, M, D);
+        block_linear_fwd(out, gl, p->fc2w + (size_t)l * D * M, W16(m->fc2w16, (size_t)l * D * M), p->fc2b + (size_t)l * D, BT, M, D);
         if ((k = site_module(m, l, TSR_VIT_SITE_FC2)) >= 0) hk->forward(hc, k, out, D, gl, M);
         if ((k = site_module(m, l, TSR_VIT_SITE_MLP_SEQ)) >= 0) hk->forward(hc, k, out, D, out, D);
         if ((k = site_module(m, l, TSR_VIT_SITE_PARALLEL)) >= 0) hk->forward(hc, k, out, D, mid, D);
@@ -289,6 +346,8 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
     if (m->d_resid_all) memcpy(m->d_resid_all + (size_t)L * BTD, dx, sizeof(real) * BTD);
 
     int wg = tr->blocks;
+    TSR_CHECK(!(wg && m->w16_mem), "backward: the block weights are held in bf16 (model.precision) and frozen; "
+              "their gradients are not computed");
     for (int l = L - 1; l >= l_stop; l--) {
         int k;
         const real *x = a->resid + l * BTD, *mid = a->mid + l * BTD;
@@ -325,8 +384,8 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
         }
         if (need_dfc2) {
             memset(m->d_fc2, 0, sizeof(real) * (size_t)BT * M);
-            linear_backward(m->d_fc2, wg ? g->fc2w + oD * M : NULL, wg ? g->fc2b + oD : NULL, dy2, gl,
-                            p->fc2w + oD * M, BT, M, D);
+            block_linear_bwd(m->d_fc2, wg ? g->fc2w + oD * M : NULL, wg ? g->fc2b + oD : NULL, dy2, gl,
+                             p->fc2w + oD * M, W16(m->fc2w16, oD * M), BT, M, D);
         }
         if (k_fc2 >= 0) hk->backward(hc, k_fc2, need_dfc2 ? m->d_fc2 : NULL, M, dy2, D, gl, M);
         if (need_dfc2) {
@@ -334,8 +393,8 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
             gelu_backward(m->d_fc, m->d_fc2, fc1, (long)BT * M);
             if (attn_needs || wg) {
                 memset(m->d_ln, 0, sizeof(real) * BTD);
-                linear_backward(attn_needs ? m->d_ln : NULL, wg ? g->fc1w + oM * D : NULL, wg ? g->fc1b + oM : NULL,
-                                m->d_fc, ln2, p->fc1w + oM * D, BT, D, M);
+                block_linear_bwd(attn_needs ? m->d_ln : NULL, wg ? g->fc1w + oM * D : NULL, wg ? g->fc1b + oM : NULL,
+                                 m->d_fc, ln2, p->fc1w + oM * D, W16(m->fc1w16, oM * D), BT, D, M);
             }
             if (k_fc1 >= 0) hk->backward(hc, k_fc1, attn_needs ? m->d_ln : NULL, D, m->d_fc, M, ln2, D);
             if (attn_needs || wg)
@@ -355,8 +414,8 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
         }
         if (need_qkv || wg) {
             memset(m->d_atty, 0, sizeof(real) * BTD);
-            linear_backward(need_qkv ? m->d_atty : NULL, wg ? g->projw + oD * D : NULL, wg ? g->projb + oD : NULL, dp,
-                            atty, p->projw + oD * D, BT, D, D);
+            block_linear_bwd(need_qkv ? m->d_atty : NULL, wg ? g->projw + oD * D : NULL, wg ? g->projb + oD : NULL, dp,
+                             atty, p->projw + oD * D, W16(m->projw16, oD * D), BT, D, D);
         }
         if (k_proj >= 0) hk->backward(hc, k_proj, need_qkv ? m->d_atty : NULL, D, dp, D, atty, D);
         if (!need_qkv) continue;
@@ -364,8 +423,8 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
         attention_backward(m->d_qkv, m->d_atty, qkv, att, B, T, D, H);
         if (need_dx || wg) {
             memset(m->d_ln, 0, sizeof(real) * BTD);
-            linear_backward(need_dx ? m->d_ln : NULL, wg ? g->qkvw + oD * 3 * D : NULL, wg ? g->qkvb + oD * 3 : NULL,
-                            m->d_qkv, ln1, p->qkvw + oD * 3 * D, BT, D, 3 * D);
+            block_linear_bwd(need_dx ? m->d_ln : NULL, wg ? g->qkvw + oD * 3 * D : NULL, wg ? g->qkvb + oD * 3 : NULL,
+                             m->d_qkv, ln1, p->qkvw + oD * 3 * D, W16(m->qkvw16, oD * 3 * D), BT, D, 3 * D);
         }
         int kq[3] = {k_q, k_k, k_v};
         for (int site = 0; site < 3; site++)

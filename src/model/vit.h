@@ -152,6 +152,11 @@ typedef struct {
     real *perm_images;     /* (B, C, IMG, IMG) */
     int *perm_labels;      /* (B) */
     real *perm_buf;        /* (B, K) */
+    /* model.precision bf16 (float build; tsr_vit_set_precision): the frozen block weights in bf16, laid out
+     * like their fp32 twins ((L, 3D, D), (L, D, D), (L, M, D), (L, D, M)); NULL in fp32. The forward
+     * products and the input-gradient products of qkv, proj, fc1, fc2 read them; the fp32 weights stay
+     * resident (checkpoints, merges and the fp32 paths read them). */
+    uint16_t *w16_mem, *qkvw16, *projw16, *fc1w16, *fc2w16;
 } tsr_vit;
 
 #define tsr_vit_create TSR_R(tsr_vit_create)
@@ -179,6 +184,11 @@ void tsr_vit_backward(tsr_vit *m, const tsr_vit_trainable *tr);
 void tsr_vit_backward_from(tsr_vit *m, const tsr_vit_trainable *tr, const real *dlogits);
 void tsr_vit_zero_grad(tsr_vit *m);
 void tsr_vit_keep_resid_grads(tsr_vit *m);
+/* bf16 = 1: (re)make the bf16 copy of the block weights from the fp32 ones (call again after changing
+ * them); the block weights are then frozen (a backward pass that asks for their gradients stops with an
+ * error). bf16 = 0: back to fp32, the copy freed. Float build only (the double build refuses bf16). 0 / -1. */
+#define tsr_vit_set_precision TSR_R(tsr_vit_set_precision)
+int tsr_vit_set_precision(tsr_vit *m, int bf16);
 
 /* Enumerate checkpoint tensors in timm naming: i in [0, n) where n = 4 + 12*depth + 4 (returned by
  * calling with i = -1). Fills name, ndim, shape, and the pointer to the data inside `p` (params or

@@ -23,7 +23,10 @@
 #include "adapters/adapt_step.h"
 #include "adapters/adapter_io.h"
 #include "build_info.h"
+#include "core/bf16.h"
 #include "core/common.h"
+#include "core/cpu.h"
+#include "core/precision.h"
 #include "model/checkpoint.h"
 #include "train/evaluate.h"
 #include "train/state.h"
@@ -31,6 +34,7 @@
 
 #define LOG(T, lvl, ...) tsr_logf(&(T)->ctx->log, lvl, __VA_ARGS__)
 #define INFO(T, ...) LOG(T, TSR_LOG_INFO, __VA_ARGS__)
+#define WARN(T, ...) LOG(T, TSR_LOG_WARN, __VA_ARGS__)
 
 /* ---------------------------------------------------------------- set-up */
 
@@ -300,11 +304,66 @@ static void setup_sync(tsr_trainer *T) {
     }
 }
 
+/* model.precision: decide (tsr_precision_choose; auto measures one representative product, the qkv GEMM
+ * of a batch, in fp32 and in bf16; ranks agree on the slowest figures) and make the bf16 weights. Every
+ * rank calls it (collectives). 0 / -1 (failed together). */
+static int setup_precision(tsr_trainer *T) {
+    const tsr_config *cfg = T->cfg;
+    tsr_precision_inputs in = {.mode = (tsr_precision_mode)tsr_precision_parse(cfg->model.precision),
+                               .full = T->tr.blocks != 0};
+    if (in.mode == TSR_PREC_FP32) return 0;
+    tsr_cpu_features f;
+    tsr_cpu_detect(&f);
+    char note[200];
+    in.cpu_bf16 = f.avx512_bf16 || f.amx_bf16;
+    in.lib_bf16 = tsr_bf16_available(note, sizeof note);
+    in.lib_note = note;
+    int fail = 0;
+    if (in.mode == TSR_PREC_AUTO) {
+        /* measured once per process and shape (a sweep runs the trainer many times) */
+        static int c_m, c_n, c_k;
+        static double c_t32, c_t16;
+        int M = T->B * T->m.tokens, N = 3 * T->vc.dim, K = T->vc.dim;
+        if (M > 4096) M = 4096;
+        double t32 = 0, t16 = 0;
+        if (tsr_precision_needs_timing(&in)) {
+            if (c_m == M && c_n == N && c_k == K) {
+                t32 = c_t32, t16 = c_t16;
+            } else if (tsr_bf16_time_gemm(M, N, K, 3, &t32, &t16) == 0) {
+                c_m = M, c_n = N, c_k = K, c_t32 = t32, c_t16 = t16;
+            } else {
+                WARN(T, "model.precision auto: the bf16 product failed (%s): fp32", tsr_last_error());
+                t32 = t16 = 0;
+            }
+        }
+        in.t_fp32 = tsr_dist_allreduce_max_f64(T->comm, t32);
+        in.t_bf16 = tsr_dist_allreduce_max_f64(T->comm, t16);
+    }
+    tsr_precision_choice ch;
+    tsr_precision_choose(&in, &ch);
+    if (ch.error) fail = tsr_error("%s", ch.reason) != 0;
+    else if (ch.warn) WARN(T, "%s", ch.reason);
+    else INFO(T, "%s", ch.reason);
+    /* bf16 only when every rank chose it (an error anywhere fails all) */
+    int use = !fail && ch.bf16;
+    use = !tsr_dist_allreduce_max_int(T->comm, !use) && !fail;
+    if (use && tsr_vit_set_precision(&T->m, 1) != 0) fail = 1;
+    if (tsr_dist_fail_together(T->comm, fail, &T->ctx->log)) return -1;
+    if (use) {
+        size_t D = T->vc.dim, L = T->vc.depth, M = T->vc.mlp_dim;
+        INFO(T, "precision: block weights qkv, proj, fc1, fc2 in bf16 (%.1f MB; their fp32 copy stays for "
+             "checkpoints and outputs), products with bf16 inputs and fp32 sums",
+             2.0 * L * (4 * D * D + 2 * D * M) / 1e6);
+    }
+    return 0;
+}
+
 static int setup(tsr_trainer *T) {
     if (setup_data(T) != 0) return -1;
     int fail = setup_model(T) != 0 || setup_adapters(T) != 0;
     if (tsr_dist_fail_together(T->comm, fail, &T->ctx->log)) return -1;
     setup_optim(T);
+    if (setup_precision(T) != 0) return -1;
     const tsr_config *cfg = T->cfg;
     INFO(T, "method: mode %s, adapter %s, routing %s%s, %d modules, trainable parameters %zu (backbone %zu)",
          T->opts->backbone ? "backbone" : cfg->adapt.mode, T->use_ad ? cfg->adapter.kind : "none",
@@ -540,6 +599,7 @@ static int start_run(tsr_trainer *T, run_clock *ck) {
         long got = tsr_state_load_latest(&s, cfg->run.output_dir, &ck->first_loss);
         fail = got < 0;
         ck->start_step = got > 0 ? got : 0;
+        if (got > 0 && T->m.w16_mem && tsr_vit_set_precision(&T->m, 1) != 0) fail = 1; /* the weights read back */
         if (got > 0) INFO(T, "resume: from the checkpoint of step %ld", got);
         else if (got == 0) INFO(T, "resume: no complete checkpoint in %s/checkpoints: starting at step 0", cfg->run.output_dir);
     }

@@ -329,7 +329,7 @@ static int setup_precision(tsr_trainer *T) {
         if (tsr_precision_needs_timing(&in)) {
             if (c_m == M && c_n == N && c_k == K) {
                 t32 = c_t32, t16 = c_t16;
-            } else if (tsr_bf16_time_gemm(M, N, K, 3, &t32, &t16) == 0) {
+            } else if (tsr_bf16_time_gemm(M, N, K, 5, &t32, &t16) == 0) {
                 c_m = M, c_n = N, c_k = K, c_t32 = t32, c_t16 = t16;
             } else {
                 WARN(T, "model.precision auto: the bf16 product failed (%s): fp32", tsr_last_error());
@@ -351,9 +351,9 @@ static int setup_precision(tsr_trainer *T) {
     if (tsr_dist_fail_together(T->comm, fail, &T->ctx->log)) return -1;
     if (use) {
         size_t D = T->vc.dim, L = T->vc.depth, M = T->vc.mlp_dim;
-        INFO(T, "precision: block weights qkv, proj, fc1, fc2 in bf16 (%.1f MB; their fp32 copy stays for "
+        INFO(T, "precision: block weights qkv, proj, fc1, fc2 in bf16 (%.2f MB; their fp32 copy stays for "
              "checkpoints and outputs), products with bf16 inputs and fp32 sums",
-             2.0 * L * (4 * D * D + 2 * D * M) / 1e6);
+             2.0 * (double)(L * (4 * D * D + 2 * D * M)) / 1e6);
     }
     return 0;
 }

@@ -1,7 +1,9 @@
 /* bench_step.c: images/s of one training step of tessera's ViT on the reference workloads of
  * BENCHMARKS.md, to be read side by side with bench/torch_bench.py (bench/run.sh does both).
  *
- * usage: bench_step WORKLOAD THREADS MODE SECONDS
+ * usage: [TESSERA_PRECISION=fp32|bf16] bench_step WORKLOAD THREADS MODE SECONDS
+ *   TESSERA_PRECISION=bf16: the frozen block weights in bf16 (model.precision bf16; not with full);
+ *             the output line ends with precision=...
  *   WORKLOAD  vit-s-28 (28x28x1, patch 4, 192 wide, 6 deep, 3 heads, batch 64)
  *             vit-b16  (224x224x3, patch 16, 768 wide, 12 deep, 12 heads, batch 8)
  *   MODE      probe       head only trainable (backward stops at the head)
@@ -123,6 +125,19 @@ int main(int argc, char **argv) {
     tsr_vit m;
     if (tsr_vit_create(&m, &c, B) != 0) tsr_fatal("%s", tsr_last_error());
     tsr_vit_init_random(&m, 0);
+    /* TESSERA_PRECISION=bf16: the frozen block weights in bf16 (model.precision bf16) */
+    const char *prec = getenv("TESSERA_PRECISION");
+    if (!prec || !*prec) prec = "fp32";
+    if (strcmp(prec, "bf16") == 0) {
+        if (tr.blocks) {
+            fprintf(stderr, "bench_step: TESSERA_PRECISION=bf16 needs a frozen backbone; mode %s trains it\n", mode);
+            return 2;
+        }
+        if (tsr_vit_set_precision(&m, 1) != 0) tsr_fatal("%s", tsr_last_error());
+    } else if (strcmp(prec, "fp32") != 0) {
+        fprintf(stderr, "bench_step: TESSERA_PRECISION must be fp32 or bf16 (got '%s')\n", prec);
+        return 2;
+    }
     size_t nimg = (size_t)B * c.channels * c.image_size * c.image_size;
     float *x = tsr_malloc(sizeof(float) * nimg);
     int *y = tsr_malloc(sizeof(int) * B), *tasks = tsr_malloc(sizeof(int) * B);
@@ -198,10 +213,10 @@ int main(int argc, char **argv) {
     getrusage(RUSAGE_SELF, &ru);
     printf("tessera workload=%s mode=%s threads=%d step_ms=%.2f img_per_s=%.2f peak_rss_mb=%.1f steps=%d "
            "trainable=%zu segments=%d begin_ms=%.3f fwd_ms=%.2f bwd_ms=%.2f opt_ms=%.3f flops_per_image=%.4g "
-           "model_gflops=%.1f\n",
+           "model_gflops=%.1f precision=%s\n",
            argv[1], mode, tsr_world.threads, med * 1e3, B / med, ru.ru_maxrss / 1024.0, n, trainable,
            use_ad ? ad.nseg : 0, median(t_begin, n) * 1e3, median(t_fwd, n) * 1e3, median(t_bwd, n) * 1e3,
-           median(t_opt, n) * 1e3, flops_per_image, flops_per_image * B / med * 1e-9);
+           median(t_opt, n) * 1e3, flops_per_image, flops_per_image * B / med * 1e-9, prec);
     tsr_adamw_free(&opt);
     if (use_ad) {
         tsr_adamw_free(&aopt);

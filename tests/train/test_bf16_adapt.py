@@ -12,7 +12,7 @@ fine-tuning refuses bf16 naming the key and keeps fp32 under auto. On a machine 
 (no oneDNN, or a CPU it cannot run bf16 on) explicit bf16 must be refused with a message naming
 model.precision, and the comparison is skipped.
 
-usage: test_precision.py TESSERA_BINARY SOURCE_DIR
+usage: test_bf16_adapt.py TESSERA_BINARY SOURCE_DIR
 """
 import os
 import re

@@ -76,14 +76,14 @@ int tsr_vit_create(tsr_vit *m, const tsr_vit_config *c, int max_batch) {
     size_t K = c->num_classes, NP = m->npatch, CPP = (size_t)c->channels * c->patch_size * c->patch_size;
     size_t a[] = {
         B * NP * CPP, B * NP * D, (L + 1) * B * T * D,                    /* patches, patch_out, resid */
-        L * B * T * D, L * B * T, L * B * T,                              /* ln1 */
+        B * T * D, L * B * T, L * B * T,                                  /* ln1 (one block), mean, rstd */
         L * B * T * 3 * D, L * B * T * D, L * B * T * D,                  /* qkv, atty, mid */
-        L * B * T * D, L * B * T, L * B * T,                              /* ln2 */
-        L * B * T * M, B * T * M,                                         /* fc1, gelu (one block) */
+        L * B * T, L * B * T,                                             /* ln2 mean, rstd */
+        L * B * T * M,                                                    /* fc1 */
         B * D, B * D, B, B, B * K, B * K};                                /* cls_in, lnf, logits, probs */
     real **ap[] = {&m->acts.patches, &m->acts.patch_out, &m->acts.resid, &m->acts.ln1, &m->acts.ln1_mean,
                    &m->acts.ln1_rstd, &m->acts.qkv, &m->acts.atty, &m->acts.mid,
-                   &m->acts.ln2, &m->acts.ln2_mean, &m->acts.ln2_rstd, &m->acts.fc1, &m->acts.gelu,
+                   &m->acts.ln2_mean, &m->acts.ln2_rstd, &m->acts.fc1,
                    &m->acts.cls_in, &m->acts.lnf, &m->acts.lnf_mean, &m->acts.lnf_rstd,
                    &m->acts.logits, &m->acts.probs};
     _Static_assert(sizeof a / sizeof a[0] == sizeof ap / sizeof ap[0], "activation size table");
@@ -113,6 +113,9 @@ int tsr_vit_create(tsr_vit *m, const tsr_vit_config *c, int max_batch) {
         *sp[i] = p;
         p += (sc[i] + 15) & ~(size_t)15;
     }
+    m->acts.ln2 = m->acts.ln1; /* one block's LayerNorm output, recomputed in the backward where needed */
+    m->acts.gelu = m->d_fc;    /* one block's GELU output: d_fc is free in the forward, and in the backward
+                                * until the GELU output has served fc2 */
     return 0;
 }
 
@@ -228,14 +231,17 @@ double tsr_vit_forward(tsr_vit *m, const real *images, const int *labels, int B)
 
     /* blocks below kept_from keep nothing for the backward: their activations go to block 0's slots */
     m->kept_from = m->has_plan ? lowest_read(m, &m->plan) : 0;
+    m->kept_wg = !m->has_plan || m->plan.blocks;
     for (int l = 0; l < c->depth; l++) {
         size_t s = l < m->kept_from ? 0 : (size_t)l; /* the slot of this block's activations */
         real *x = a->resid + l * BTD, *out = a->resid + (l + 1) * BTD;
-        real *ln1 = a->ln1 + s * BTD, *ln1m = a->ln1_mean + s * BT, *ln1r = a->ln1_rstd + s * BT;
+        real *ln1 = a->ln1, *ln1m = a->ln1_mean + s * BT, *ln1r = a->ln1_rstd + s * BT;
         real *qkv = a->qkv + s * BTD * 3, *att = a->att ? a->att + s * B * H * T * T : NULL;
-        real *atty = a->atty + s * BTD, *mid = a->mid + s * BTD;
-        real *ln2 = a->ln2 + s * BTD, *ln2m = a->ln2_mean + s * BT, *ln2r = a->ln2_rstd + s * BT;
-        real *fc1 = a->fc1 + s * BT * M, *gl = a->gelu; /* recomputed in backward */
+        /* the attention output is read by the backward only for proj's weight gradient or a proj adapter */
+        int keep_atty = m->kept_wg || site_module(m, l, TSR_VIT_SITE_PROJ) >= 0;
+        real *atty = keep_atty ? a->atty + s * BTD : m->d_atty, *mid = a->mid + s * BTD;
+        real *ln2 = a->ln2, *ln2m = a->ln2_mean + s * BT, *ln2r = a->ln2_rstd + s * BT;
+        real *fc1 = a->fc1 + s * BT * M, *gl = a->gelu; /* ln1, ln2, gl: one block, recomputed in backward */
         const tsr_vit_hooks *hk = m->hooks;
         void *hc = m->hooks_ctx;
         int k;
@@ -307,6 +313,8 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
     int below = tr->blocks || tr->embed || tr->input_grad; /* must reach block 0 */
     int need_blocks = below || ext;
     int l_stop = below ? 0 : l_ext;
+    TSR_CHECK(!need_blocks || !tr->blocks || m->kept_wg,
+              "backward: block weight gradients, but the forward was planned without (tsr_vit_plan_backward)");
     TSR_CHECK(!need_blocks || l_stop >= m->kept_from,
               "backward: reads block %d, but the forward kept blocks from %d only (tsr_vit_plan_backward)", l_stop,
               m->kept_from);
@@ -336,10 +344,10 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
     for (int l = L - 1; l >= l_stop; l--) {
         int k;
         const real *x = a->resid + l * BTD, *mid = a->mid + l * BTD;
-        const real *ln1 = a->ln1 + l * BTD, *ln1m = a->ln1_mean + (size_t)l * BT, *ln1r = a->ln1_rstd + (size_t)l * BT;
+        real *ln1 = a->ln1, *ln1m = a->ln1_mean + (size_t)l * BT, *ln1r = a->ln1_rstd + (size_t)l * BT;
         const real *qkv = a->qkv + l * BTD * 3, *att = a->att ? a->att + (size_t)l * B * H * T * T : NULL;
         const real *atty = a->atty + l * BTD;
-        const real *ln2 = a->ln2 + l * BTD, *ln2m = a->ln2_mean + (size_t)l * BT, *ln2r = a->ln2_rstd + (size_t)l * BT;
+        real *ln2 = a->ln2, *ln2m = a->ln2_mean + (size_t)l * BT, *ln2r = a->ln2_rstd + (size_t)l * BT;
         const real *fc1 = a->fc1 + (size_t)l * BT * M;
         real *gl = a->gelu; /* recomputed below when fc2 needs its weight gradient */
         size_t oD = (size_t)l * D, oM = (size_t)l * M;
@@ -376,6 +384,10 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
         if (need_dfc2) {
             memset(m->d_fc, 0, sizeof(real) * (size_t)BT * M);
             gelu_backward(m->d_fc, m->d_fc2, fc1, (long)BT * M);
+            /* LN2's output again (the forward's own computation: the same values; mean and rstd rewritten
+             * as they were) for fc1's weight gradient or an fc1 adapter */
+            if (wg || k_fc1 >= 0)
+                layernorm_forward(ln2, ln2m, ln2r, mid, p->ln2w + oD, p->ln2b + oD, BT, D, c->ln_eps);
             if (attn_needs || wg) {
                 memset(m->d_ln, 0, sizeof(real) * BTD);
                 linear_backward(attn_needs ? m->d_ln : NULL, wg ? g->fc1w + oM * D : NULL, wg ? g->fc1b + oM : NULL,
@@ -406,6 +418,8 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
         if (!need_qkv) continue;
         memset(m->d_qkv, 0, sizeof(real) * BTD * 3);
         attention_backward(m->d_qkv, m->d_atty, qkv, att, B, T, D, H);
+        if (wg || k_q >= 0 || k_k >= 0 || k_v >= 0) /* LN1's output again: qkv's weight gradient, q/k/v adapters */
+            layernorm_forward(ln1, ln1m, ln1r, x, p->ln1w + oD, p->ln1b + oD, BT, D, c->ln_eps);
         if (need_dx || wg) {
             memset(m->d_ln, 0, sizeof(real) * BTD);
             linear_backward(need_dx ? m->d_ln : NULL, wg ? g->qkvw + oD * 3 * D : NULL, wg ? g->qkvb + oD * 3 : NULL,

@@ -59,15 +59,16 @@ typedef struct {
     real *patches;   /* (B, NP, CPP) */
     real *patch_out; /* (B, NP, D) */
     real *resid;     /* (L+1, B, T, D): resid[l] enters block l, resid[L] leaves the last block */
-    real *ln1, *ln1_mean, *ln1_rstd; /* (L, B, T, D), (L, B, T), (L, B, T) */
+    real *ln1, *ln1_mean, *ln1_rstd; /* (B, T, D): one block's, recomputed in backward; (L, B, T), (L, B, T) */
     real *qkv;       /* (L, B, T, 3D) */
     real *att;       /* (L, B, H, T, T) softmax probabilities, only after tsr_vit_store_attention; NULL
                       * by default: the backward recomputes them from qkv, block by block */
-    real *atty;      /* (L, B, T, D) attention output before proj */
+    real *atty;      /* (L, B, T, D) attention output before proj; a block writes its slot only where the
+                      * backward reads it (proj's weight gradient, a proj adapter; d_atty otherwise) */
     real *mid;       /* (L, B, T, D) h = x + proj(att) */
-    real *ln2, *ln2_mean, *ln2_rstd; /* (L, B, T, D), (L, B, T), (L, B, T) */
+    real *ln2, *ln2_mean, *ln2_rstd; /* ln2 = ln1 (one buffer, one block); (L, B, T), (L, B, T) */
     real *fc1;       /* (L, B, T, M) before GELU */
-    real *gelu;      /* (B, T, M): one block's GELU output, recomputed from fc1 in backward */
+    real *gelu;      /* (B, T, M): one block's GELU output, recomputed from fc1 in backward (= d_fc) */
     real *cls_in;    /* (B, D) class token of resid[L] */
     real *lnf, *lnf_mean, *lnf_rstd; /* (B, D), (B), (B) */
     real *logits;    /* (B, K) */
@@ -140,7 +141,7 @@ typedef struct {
     /* the backward the forwards prepare for (tsr_vit_plan_backward; none: every block's activations kept),
      * and the lowest block whose activations the last forward kept */
     tsr_vit_trainable plan;
-    int has_plan, kept_from;
+    int has_plan, kept_from, kept_wg; /* kept_wg: the last forward kept what block weight gradients need */
     /* backward scratch */
     real *scratch_mem;
     real *d_a, *d_b;   /* (B, T, D) residual-stream gradients (ping-pong) */

@@ -161,6 +161,10 @@ int main(int argc, char **argv) {
         tsr_adamw_init(&aopt, ad.num_params, 0.9, 0.999, 1e-8);
         tsr_adamw_add_group(&aopt, 0, ad.num_params, 1.0, 0.01);
     }
+    tsr_vit_plan_backward(&m, &tr);
+    /* TSR_STORE_ATTENTION=1: keep the attention probabilities instead of recomputing them (A/B timing) */
+    const char *sa = getenv("TSR_STORE_ATTENTION");
+    if (sa && atoi(sa) == 1) tsr_vit_store_attention(&m);
     tsr_adamw opt;
     tsr_adamw_init(&opt, m.num_params, 0.9, 0.999, 1e-8);
     size_t head_off = (size_t)(m.params.headw - m.params_mem);
@@ -176,7 +180,7 @@ int main(int argc, char **argv) {
         if (use_ad && tsr_adapters_begin(&ad, routed ? tasks : NULL, B, 1, it, 3, NULL) != 0)
             tsr_fatal("%s", tsr_last_error());
         double t1 = tsr_time();
-        tsr_vit_zero_grad(&m);
+        tsr_vit_zero_grad_for(&m, &tr);
         if (use_ad) tsr_adapters_zero_grad(&ad);
         loss = tsr_vit_forward(&m, x, y, B);
         double t2 = tsr_time();

@@ -1,5 +1,6 @@
 /* common.c: error messages, checked allocation, logging, reading files (atomic writes: atomic.c). */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* MAP_ANONYMOUS */
 #include "common.h"
 
 #include <errno.h>
@@ -7,6 +8,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -70,6 +72,22 @@ void *tsr_aligned_alloc_at(size_t n, const char *file, int line) {
         tsr_fatal_at(file, line, "out of memory allocating %zu bytes", n);
     memset(p, 0, sz);
     return p;
+}
+
+/* The mapping starts 64 bytes before the pointer returned; its first size_t holds the mapping's length. */
+#define LAZY_HEAD 64
+void *tsr_lazy_alloc_at(size_t n, const char *file, int line) {
+    size_t len = LAZY_HEAD + (n ? n : 1);
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) tsr_fatal_at(file, line, "out of memory mapping %zu bytes", n);
+    *(size_t *)p = len;
+    return (char *)p + LAZY_HEAD;
+}
+
+void tsr_lazy_free(void *q) {
+    if (!q) return;
+    char *p = (char *)q - LAZY_HEAD;
+    munmap(p, *(size_t *)p);
 }
 
 static void vlog(int rank, int max_level, int level, const char *fmt, va_list ap) {

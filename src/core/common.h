@@ -43,6 +43,13 @@ void *tsr_aligned_alloc_at(size_t n, const char *file, int line); /* 64-byte ali
 #define tsr_malloc(n) tsr_malloc_at((n), __FILE__, __LINE__)
 #define tsr_calloc(c, n) tsr_calloc_at((c), (n), __FILE__, __LINE__)
 #define tsr_aligned_alloc(n) tsr_aligned_alloc_at((n), __FILE__, __LINE__)
+/* Large zeroed buffers whose pages stay untouched (not resident, not counted in RSS) until first written:
+ * an anonymous mapping, 64-byte aligned. For buffers of which a run may use only a part (the gradients of
+ * a mostly frozen model, the AdamW moments of a few groups, activations of blocks a backward never
+ * reaches). Free with tsr_lazy_free only (NULL is fine). */
+void *tsr_lazy_alloc_at(size_t n, const char *file, int line);
+void tsr_lazy_free(void *p);
+#define tsr_lazy_alloc(n) tsr_lazy_alloc_at((n), __FILE__, __LINE__)
 #define TSR_CHECK(cond, ...) do { if (!(cond)) tsr_fatal_at(__FILE__, __LINE__, __VA_ARGS__); } while (0)
 
 /* Logging. Level: 0 error, 1 warn, 2 info, 3 debug. Only rank 0 prints info unless told otherwise. */

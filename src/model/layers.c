@@ -183,6 +183,29 @@ static inline void axpy(real *y, real a, const real *x, int n) {
     for (int i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+/* Row i of one head's softmax(q k^T * scale): p (T) from q_i (hd) and the keys k_j = kbase + j * D3
+ * (hd each). The forward and the backward's recomputation both call this one compiled copy (noinline), so
+ * the two agree bitwise. */
+__attribute__((noinline)) static void softmax_row(real *p, const real *q, const real *kbase, size_t D3, int T, int hd, real scale) {
+    real mx = -INFINITY;
+    for (int j = 0; j < T; j++) {
+        real s = dot(q, kbase + j * D3, hd) * scale;
+        p[j] = s;
+        if (s > mx) mx = s;
+    }
+#ifndef TSR_F64
+    real sum = tsr_vec_exp_sum(p, p, mx, T);
+#else
+    real sum = 0;
+    for (int j = 0; j < T; j++) {
+        p[j] = rexp(p[j] - mx);
+        sum += p[j];
+    }
+#endif
+    real inv = 1 / sum;
+    for (int j = 0; j < T; j++) p[j] *= inv;
+}
+
 void attention_forward(real *out, real *att, const real *qkv, int B, int T, int D, int H) {
     int hd = D / H;
     size_t D3 = 3 * (size_t)D;
@@ -190,38 +213,23 @@ void attention_forward(real *out, real *att, const real *qkv, int B, int T, int 
 #ifndef TSR_F64
     tsr_simd_level();
 #endif
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < H; h++) {
-            const real *base = qkv + (size_t)b * T * D3;
-            real *P = att + ((size_t)b * H + h) * T * T;
-            for (int i = 0; i < T; i++) {
-                const real *q = base + i * D3 + h * hd;
-                real *p = P + (size_t)i * T;
-                real mx = -INFINITY;
-                for (int j = 0; j < T; j++) {
-                    real s = dot(q, base + j * D3 + D + h * hd, hd) * scale;
-                    p[j] = s;
-                    if (s > mx) mx = s;
-                }
-#ifndef TSR_F64
-                real sum = tsr_vec_exp_sum(p, p, mx, T);
-#else
-                real sum = 0;
-                for (int j = 0; j < T; j++) {
-                    p[j] = rexp(p[j] - mx);
-                    sum += p[j];
-                }
-#endif
-                real inv = 1 / sum;
-                real *o = out + ((size_t)b * T + i) * D + h * hd;
-                for (int d = 0; d < hd; d++) o[d] = 0;
-                for (int j = 0; j < T; j++) {
-                    p[j] *= inv;
-                    axpy(o, p[j], base + j * D3 + 2 * D + h * hd, hd);
+#pragma omp parallel
+    {
+        real *row = att ? NULL : tsr_malloc(sizeof(real) * (size_t)T); /* att NULL: one row at a time */
+#pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++) {
+                const real *base = qkv + (size_t)b * T * D3;
+                for (int i = 0; i < T; i++) {
+                    real *p = att ? att + (((size_t)b * H + h) * T + i) * T : row;
+                    softmax_row(p, base + i * D3 + h * hd, base + D + h * hd, D3, T, hd, scale);
+                    real *o = out + ((size_t)b * T + i) * D + h * hd;
+                    for (int d = 0; d < hd; d++) o[d] = 0;
+                    for (int j = 0; j < T; j++) axpy(o, p[j], base + j * D3 + 2 * D + h * hd, hd);
                 }
             }
-        }
+        free(row);
+    }
 }
 
 void attention_backward(real *dqkv, const real *dout, const real *qkv, const real *att, int B, int T,
@@ -229,17 +237,25 @@ void attention_backward(real *dqkv, const real *dout, const real *qkv, const rea
     int hd = D / H;
     size_t D3 = 3 * (size_t)D;
     real scale = (real)(1.0 / sqrt((double)hd));
+#ifndef TSR_F64
+    if (!att) tsr_simd_level();
+#endif
 #pragma omp parallel
     {
         real *dS = tsr_malloc(sizeof(real) * (size_t)T);
+        real *row = att ? NULL : tsr_malloc(sizeof(real) * (size_t)T); /* att NULL: recomputed rows */
 #pragma omp for collapse(2) schedule(static)
         for (int b = 0; b < B; b++)
             for (int h = 0; h < H; h++) {
                 const real *base = qkv + (size_t)b * T * D3;
                 real *dbase = dqkv + (size_t)b * T * D3;
-                const real *P = att + ((size_t)b * H + h) * T * T;
                 for (int i = 0; i < T; i++) {
-                    const real *p = P + (size_t)i * T;
+                    const real *p;
+                    if (att) p = att + (((size_t)b * H + h) * T + i) * T;
+                    else {
+                        softmax_row(row, base + i * D3 + h * hd, base + D + h * hd, D3, T, hd, scale);
+                        p = row;
+                    }
                     const real *dy = dout + ((size_t)b * T + i) * D + h * hd;
                     /* dP_ij = dy_i . v_j ; dv_j += p_ij dy_i */
                     real rowsum = 0;
@@ -259,6 +275,7 @@ void attention_backward(real *dqkv, const real *dout, const real *qkv, const rea
                 }
             }
         free(dS);
+        free(row);
     }
 }
 

@@ -55,7 +55,11 @@ void gelu_backward_ref(real *dinp, const real *dout, const real *inp, long n);
 
 /* Multi-head self-attention core. qkv (B, T, 3D) holds [q | k | v] along features, head h owns
  * features h*hd .. h*hd+hd-1 of each (hd = D / H). att (B, H, T, T) saves the softmax probabilities;
- * out (B, T, D) = heads concatenated. Scale 1/sqrt(hd). */
+ * out (B, T, D) = heads concatenated. Scale 1/sqrt(hd).
+ * att may be NULL in both (the fast kernels, not the _ref twins): the forward then keeps one row at a time
+ * and the backward recomputes each row of softmax(q k^T) from qkv with the forward's own code, so its
+ * gradients equal the stored-probabilities ones bitwise; the cost is the q k^T products and the
+ * exponentials once more. */
 #define attention_forward TSR_R(attention_forward)
 #define attention_backward TSR_R(attention_backward)
 #define attention_forward_ref TSR_R(attention_forward_ref)

@@ -123,22 +123,23 @@ int tsr_vit_create(tsr_vit *m, const tsr_vit_config *c, int max_batch) {
     m->num_params = 0;
     for (int i = 0; i < TSR_VIT_NTENSORS; i++) m->num_params += m->param_sizes[i];
     m->params_mem = tsr_aligned_alloc(sizeof(real) * m->num_params);
-    m->grads_mem = tsr_aligned_alloc(sizeof(real) * m->num_params);
+    /* untouched until written: a step zeroes and fills only the groups it trains (tsr_vit_zero_grad_for) */
+    m->grads_mem = tsr_lazy_alloc(sizeof(real) * m->num_params);
     point_params(&m->params, m->params_mem, m->param_sizes);
     point_params(&m->grads, m->grads_mem, m->param_sizes);
 
-    size_t B = max_batch, T = m->tokens, D = c->dim, L = c->depth, M = c->mlp_dim, H = c->heads;
+    size_t B = max_batch, T = m->tokens, D = c->dim, L = c->depth, M = c->mlp_dim;
     size_t K = c->num_classes, NP = m->npatch, CPP = (size_t)c->channels * c->patch_size * c->patch_size;
     size_t a[] = {
         B * NP * CPP, B * NP * D, (L + 1) * B * T * D,                    /* patches, patch_out, resid */
-        L * B * T * D, L * B * T, L * B * T,                              /* ln1 */
-        L * B * T * 3 * D, L * B * H * T * T, L * B * T * D, L * B * T * D, /* qkv, att, atty, mid */
-        L * B * T * D, L * B * T, L * B * T,                              /* ln2 */
-        L * B * T * M, B * T * M,                                         /* fc1, gelu (one block) */
+        B * T * D, L * B * T, L * B * T,                                  /* ln1 (one block), mean, rstd */
+        L * B * T * 3 * D, L * B * T * D, L * B * T * D,                  /* qkv, atty, mid */
+        L * B * T, L * B * T,                                             /* ln2 mean, rstd */
+        L * B * T * M,                                                    /* fc1 */
         B * D, B * D, B, B, B * K, B * K};                                /* cls_in, lnf, logits, probs */
     real **ap[] = {&m->acts.patches, &m->acts.patch_out, &m->acts.resid, &m->acts.ln1, &m->acts.ln1_mean,
-                   &m->acts.ln1_rstd, &m->acts.qkv, &m->acts.att, &m->acts.atty, &m->acts.mid,
-                   &m->acts.ln2, &m->acts.ln2_mean, &m->acts.ln2_rstd, &m->acts.fc1, &m->acts.gelu,
+                   &m->acts.ln1_rstd, &m->acts.qkv, &m->acts.atty, &m->acts.mid,
+                   &m->acts.ln2_mean, &m->acts.ln2_rstd, &m->acts.fc1,
                    &m->acts.cls_in, &m->acts.lnf, &m->acts.lnf_mean, &m->acts.lnf_rstd,
                    &m->acts.logits, &m->acts.probs};
     _Static_assert(sizeof a / sizeof a[0] == sizeof ap / sizeof ap[0], "activation size table");
@@ -146,7 +147,9 @@ int tsr_vit_create(tsr_vit *m, const tsr_vit_config *c, int max_batch) {
     size_t total = 0;
     for (int i = 0; i < na; i++) total += (a[i] + 15) & ~(size_t)15; /* 64-byte aligned pieces */
     m->num_acts = total;
-    m->acts_mem = tsr_aligned_alloc(sizeof(real) * total);
+    /* untouched until written: the blocks below what the planned backward reads share block 0's slots
+     * (tsr_vit_plan_backward), so the rest of theirs never becomes resident */
+    m->acts_mem = tsr_lazy_alloc(sizeof(real) * total);
     real *p = m->acts_mem;
     for (int i = 0; i < na; i++) {
         *ap[i] = p;
@@ -166,13 +169,17 @@ int tsr_vit_create(tsr_vit *m, const tsr_vit_config *c, int max_batch) {
         *sp[i] = p;
         p += (sc[i] + 15) & ~(size_t)15;
     }
+    m->acts.ln2 = m->acts.ln1; /* one block's LayerNorm output, recomputed in the backward where needed */
+    m->acts.gelu = m->d_fc;    /* one block's GELU output: d_fc is free in the forward, and in the backward
+                                * until the GELU output has served fc2 */
     return 0;
 }
 
 void tsr_vit_destroy(tsr_vit *m) {
     free(m->params_mem);
-    free(m->grads_mem);
-    free(m->acts_mem);
+    tsr_lazy_free(m->grads_mem);
+    tsr_lazy_free(m->acts_mem);
+    tsr_lazy_free(m->att_mem);
     free(m->scratch_mem);
     free(m->d_resid_all);
     free(m->perm_images);
@@ -188,7 +195,41 @@ void tsr_vit_keep_resid_grads(tsr_vit *m) {
                                            m->tokens * m->cfg.dim);
 }
 
+void tsr_vit_store_attention(tsr_vit *m) {
+    if (!m->att_mem)
+        m->att_mem = tsr_lazy_alloc(sizeof(real) * (size_t)m->cfg.depth * m->max_batch * m->cfg.heads *
+                                    m->tokens * m->tokens);
+    m->acts.att = m->att_mem;
+}
+
+void tsr_vit_plan_backward(tsr_vit *m, const tsr_vit_trainable *tr) {
+    m->plan = *tr;
+    m->has_plan = 1;
+}
+
+/* The lowest block whose activations a backward with tr reads (depth: none; a probe stops at the head). */
+static int lowest_read(const tsr_vit *m, const tsr_vit_trainable *tr) {
+    int L = m->cfg.depth;
+    int l_ext = m->hooks ? m->hooks->lowest_layer(m->hooks_ctx) : L;
+    int below = tr->blocks || tr->embed || tr->input_grad;
+    if (below) return 0;
+    return l_ext < L ? l_ext : L;
+}
+
 void tsr_vit_zero_grad(tsr_vit *m) { memset(m->grads_mem, 0, sizeof(real) * m->num_params); }
+
+void tsr_vit_zero_grad_for(tsr_vit *m, const tsr_vit_trainable *tr) {
+    /* the groups are contiguous in the order embed (tensors 0-3), blocks (4-15), norm (16-17), head (18-19) */
+    static const int first[5] = {0, 4, 16, 18, TSR_VIT_NTENSORS};
+    int on[4] = {tr->embed, tr->blocks, tr->norm, tr->head};
+    size_t off = 0;
+    for (int g = 0; g < 4; g++) {
+        size_t n = 0;
+        for (int i = first[g]; i < first[g + 1]; i++) n += m->param_sizes[i];
+        if (on[g]) memset(m->grads_mem + off, 0, sizeof(real) * n);
+        off += n;
+    }
+}
 
 void tsr_vit_init_random(tsr_vit *m, uint64_t seed) {
     tsr_rng r;
@@ -245,13 +286,19 @@ double tsr_vit_forward(tsr_vit *m, const real *images, const int *labels, int B)
             for (int d = 0; d < D; d++) dst[d] = src[d] + pos[d];
         }
 
+    /* blocks below kept_from keep nothing for the backward: their activations go to block 0's slots */
+    m->kept_from = m->has_plan ? lowest_read(m, &m->plan) : 0;
+    m->kept_wg = !m->has_plan || m->plan.blocks;
     for (int l = 0; l < c->depth; l++) {
+        size_t s = l < m->kept_from ? 0 : (size_t)l; /* the slot of this block's activations */
         real *x = a->resid + l * BTD, *out = a->resid + (l + 1) * BTD;
-        real *ln1 = a->ln1 + l * BTD, *ln1m = a->ln1_mean + (size_t)l * BT, *ln1r = a->ln1_rstd + (size_t)l * BT;
-        real *qkv = a->qkv + l * BTD * 3, *att = a->att + (size_t)l * B * H * T * T;
-        real *atty = a->atty + l * BTD, *mid = a->mid + l * BTD;
-        real *ln2 = a->ln2 + l * BTD, *ln2m = a->ln2_mean + (size_t)l * BT, *ln2r = a->ln2_rstd + (size_t)l * BT;
-        real *fc1 = a->fc1 + (size_t)l * BT * M, *gl = a->gelu; /* recomputed in backward */
+        real *ln1 = a->ln1, *ln1m = a->ln1_mean + s * BT, *ln1r = a->ln1_rstd + s * BT;
+        real *qkv = a->qkv + s * BTD * 3, *att = a->att ? a->att + s * B * H * T * T : NULL;
+        /* the attention output is read by the backward only for proj's weight gradient or a proj adapter */
+        int keep_atty = m->kept_wg || site_module(m, l, TSR_VIT_SITE_PROJ) >= 0;
+        real *atty = keep_atty ? a->atty + s * BTD : m->d_atty, *mid = a->mid + s * BTD;
+        real *ln2 = a->ln2, *ln2m = a->ln2_mean + s * BT, *ln2r = a->ln2_rstd + s * BT;
+        real *fc1 = a->fc1 + s * BT * M, *gl = a->gelu; /* ln1, ln2, gl: one block, recomputed in backward */
         const tsr_vit_hooks *hk = m->hooks;
         void *hc = m->hooks_ctx;
         int k;
@@ -323,6 +370,11 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
     int below = tr->blocks || tr->embed || tr->input_grad; /* must reach block 0 */
     int need_blocks = below || ext;
     int l_stop = below ? 0 : l_ext;
+    TSR_CHECK(!need_blocks || !tr->blocks || m->kept_wg,
+              "backward: block weight gradients, but the forward was planned without (tsr_vit_plan_backward)");
+    TSR_CHECK(!need_blocks || l_stop >= m->kept_from,
+              "backward: reads block %d, but the forward kept blocks from %d only (tsr_vit_plan_backward)", l_stop,
+              m->kept_from);
     int need_below_head = need_blocks || tr->norm;
 
     memset(dlogits, 0, sizeof(real) * ((size_t)B * K + 2 * (size_t)B * D));
@@ -351,10 +403,10 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
     for (int l = L - 1; l >= l_stop; l--) {
         int k;
         const real *x = a->resid + l * BTD, *mid = a->mid + l * BTD;
-        const real *ln1 = a->ln1 + l * BTD, *ln1m = a->ln1_mean + (size_t)l * BT, *ln1r = a->ln1_rstd + (size_t)l * BT;
-        const real *qkv = a->qkv + l * BTD * 3, *att = a->att + (size_t)l * B * H * T * T;
+        real *ln1 = a->ln1, *ln1m = a->ln1_mean + (size_t)l * BT, *ln1r = a->ln1_rstd + (size_t)l * BT;
+        const real *qkv = a->qkv + l * BTD * 3, *att = a->att ? a->att + (size_t)l * B * H * T * T : NULL;
         const real *atty = a->atty + l * BTD;
-        const real *ln2 = a->ln2 + l * BTD, *ln2m = a->ln2_mean + (size_t)l * BT, *ln2r = a->ln2_rstd + (size_t)l * BT;
+        real *ln2 = a->ln2, *ln2m = a->ln2_mean + (size_t)l * BT, *ln2r = a->ln2_rstd + (size_t)l * BT;
         const real *fc1 = a->fc1 + (size_t)l * BT * M;
         real *gl = a->gelu; /* recomputed below when fc2 needs its weight gradient */
         size_t oD = (size_t)l * D, oM = (size_t)l * M;
@@ -391,6 +443,10 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
         if (need_dfc2) {
             memset(m->d_fc, 0, sizeof(real) * (size_t)BT * M);
             gelu_backward(m->d_fc, m->d_fc2, fc1, (long)BT * M);
+            /* LN2's output again (the forward's own computation: the same values; mean and rstd rewritten
+             * as they were) for fc1's weight gradient or an fc1 adapter */
+            if (wg || k_fc1 >= 0)
+                layernorm_forward(ln2, ln2m, ln2r, mid, p->ln2w + oD, p->ln2b + oD, BT, D, c->ln_eps);
             if (attn_needs || wg) {
                 memset(m->d_ln, 0, sizeof(real) * BTD);
                 block_linear_bwd(attn_needs ? m->d_ln : NULL, wg ? g->fc1w + oM * D : NULL, wg ? g->fc1b + oM : NULL,
@@ -421,6 +477,8 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
         if (!need_qkv) continue;
         memset(m->d_qkv, 0, sizeof(real) * BTD * 3);
         attention_backward(m->d_qkv, m->d_atty, qkv, att, B, T, D, H);
+        if (wg || k_q >= 0 || k_k >= 0 || k_v >= 0) /* LN1's output again: qkv's weight gradient, q/k/v adapters */
+            layernorm_forward(ln1, ln1m, ln1r, x, p->ln1w + oD, p->ln1b + oD, BT, D, c->ln_eps);
         if (need_dx || wg) {
             memset(m->d_ln, 0, sizeof(real) * BTD);
             block_linear_bwd(need_dx ? m->d_ln : NULL, wg ? g->qkvw + oD * 3 * D : NULL, wg ? g->qkvb + oD * 3 : NULL,

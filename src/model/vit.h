@@ -59,14 +59,16 @@ typedef struct {
     real *patches;   /* (B, NP, CPP) */
     real *patch_out; /* (B, NP, D) */
     real *resid;     /* (L+1, B, T, D): resid[l] enters block l, resid[L] leaves the last block */
-    real *ln1, *ln1_mean, *ln1_rstd; /* (L, B, T, D), (L, B, T), (L, B, T) */
+    real *ln1, *ln1_mean, *ln1_rstd; /* (B, T, D): one block's, recomputed in backward; (L, B, T), (L, B, T) */
     real *qkv;       /* (L, B, T, 3D) */
-    real *att;       /* (L, B, H, T, T) softmax probabilities */
-    real *atty;      /* (L, B, T, D) attention output before proj */
+    real *att;       /* (L, B, H, T, T) softmax probabilities, only after tsr_vit_store_attention; NULL
+                      * by default: the backward recomputes them from qkv, block by block */
+    real *atty;      /* (L, B, T, D) attention output before proj; a block writes its slot only where the
+                      * backward reads it (proj's weight gradient, a proj adapter; d_atty otherwise) */
     real *mid;       /* (L, B, T, D) h = x + proj(att) */
-    real *ln2, *ln2_mean, *ln2_rstd; /* (L, B, T, D), (L, B, T), (L, B, T) */
+    real *ln2, *ln2_mean, *ln2_rstd; /* ln2 = ln1 (one buffer, one block); (L, B, T), (L, B, T) */
     real *fc1;       /* (L, B, T, M) before GELU */
-    real *gelu;      /* (B, T, M): one block's GELU output, recomputed from fc1 in backward */
+    real *gelu;      /* (B, T, M): one block's GELU output, recomputed from fc1 in backward (= d_fc) */
     real *cls_in;    /* (B, D) class token of resid[L] */
     real *lnf, *lnf_mean, *lnf_rstd; /* (B, D), (B), (B) */
     real *logits;    /* (B, K) */
@@ -135,6 +137,11 @@ typedef struct {
     tsr_vit_acts acts;
     real *acts_mem;
     size_t num_acts;
+    real *att_mem;   /* acts.att when stored (tsr_vit_store_attention), else NULL */
+    /* the backward the forwards prepare for (tsr_vit_plan_backward; none: every block's activations kept),
+     * and the lowest block whose activations the last forward kept */
+    tsr_vit_trainable plan;
+    int has_plan, kept_from, kept_wg; /* kept_wg: the last forward kept what block weight gradients need */
     /* backward scratch */
     real *scratch_mem;
     real *d_a, *d_b;   /* (B, T, D) residual-stream gradients (ping-pong) */
@@ -182,13 +189,29 @@ void tsr_vit_backward(tsr_vit *m, const tsr_vit_trainable *tr);
 /* The same from a given gradient of the logits (B, K) (e.g. a consistency loss); labels not needed. */
 #define tsr_vit_backward_from TSR_R(tsr_vit_backward_from)
 void tsr_vit_backward_from(tsr_vit *m, const tsr_vit_trainable *tr, const real *dlogits);
+/* Zero every gradient. */
 void tsr_vit_zero_grad(tsr_vit *m);
+/* Zero only the gradients of the groups tr trains (embed, blocks, norm, head), the only ones a backward
+ * with tr writes; the others are left as they are (never touched, so their pages never become resident:
+ * a frozen backbone's gradient buffer costs no memory). */
+#define tsr_vit_zero_grad_for TSR_R(tsr_vit_zero_grad_for)
+void tsr_vit_zero_grad_for(tsr_vit *m, const tsr_vit_trainable *tr);
 void tsr_vit_keep_resid_grads(tsr_vit *m);
 /* bf16 = 1: (re)make the bf16 copy of the block weights from the fp32 ones (call again after changing
  * them); the block weights are then frozen (a backward pass that asks for their gradients stops with an
  * error). bf16 = 0: back to fp32, the copy freed. Float build only (the double build refuses bf16). 0 / -1. */
 #define tsr_vit_set_precision TSR_R(tsr_vit_set_precision)
 int tsr_vit_set_precision(tsr_vit *m, int bf16);
+/* Keep the attention probabilities of every block, L B H T^2 values, instead of recomputing them in the
+ * backward (same gradients bitwise; one q k^T product and softmax per block less in the backward). */
+#define tsr_vit_store_attention TSR_R(tsr_vit_store_attention)
+void tsr_vit_store_attention(tsr_vit *m);
+/* Declare the backward (trainable groups, with the attached extension's lowest module) that follows the
+ * next forwards: blocks below the lowest one it reads keep no activations (a probe: none; adapters only
+ * in the top blocks: only those). A later backward that needs more is a fatal error. Without a plan every
+ * block keeps its activations. Call after attaching an extension (or again after changing it). */
+#define tsr_vit_plan_backward TSR_R(tsr_vit_plan_backward)
+void tsr_vit_plan_backward(tsr_vit *m, const tsr_vit_trainable *tr);
 
 /* Enumerate checkpoint tensors in timm naming: i in [0, n) where n = 4 + 12*depth + 4 (returned by
  * calling with i = -1). Fills name, ndim, shape, and the pointer to the data inside `p` (params or

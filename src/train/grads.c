@@ -19,7 +19,7 @@ static int task_gradient(tsr_trainer *T, int t, double *row) {
             if (tsr_tasks_get(&T->ts, TSR_SPLIT_TRAIN, t, s0 + i, T->xb + (size_t)i * per, &T->yb[i]) != 0) return -1;
             T->tb[i] = t;
         }
-        tsr_vit_zero_grad(&T->m);
+        tsr_vit_zero_grad_for(&T->m, &T->tr);
         tsr_adapters_zero_grad(&T->ad);
         tsr_adapt_loss_grad(&T->m, &T->ad, NULL, &T->tr, T->xb, T->yb, T->tb, b, 0, (uint64_t)T->cfg->run.seed, 0, NULL);
         for (size_t j = 0; j < P; j++) row[j] += (double)T->ad.grads[j] * b / (double)n; /* mean over n */

@@ -21,8 +21,10 @@ void tsr_adamw_init(tsr_adamw *o, size_t n, double beta1, double beta2, double e
     o->beta2 = beta2;
     o->eps = eps;
     o->n = n;
-    o->m = tsr_aligned_alloc(n * sizeof(float));
-    o->v = tsr_aligned_alloc(n * sizeof(float));
+    /* untouched until a step writes them: only the groups' slices become resident (a head-only group over
+     * a whole model's buffer costs the head's moments, not the model's) */
+    o->m = tsr_lazy_alloc(n * sizeof(float));
+    o->v = tsr_lazy_alloc(n * sizeof(float));
 }
 
 void tsr_adamw_add_group(tsr_adamw *o, size_t offset, size_t count, double lr_scale, double weight_decay) {
@@ -66,8 +68,8 @@ void tsr_adamw_step(tsr_adamw *o, float *params, const float *grads, double lr) 
 
 void tsr_adamw_free(tsr_adamw *o) {
     if (!o) return;
-    free(o->m);
-    free(o->v);
+    tsr_lazy_free(o->m);
+    tsr_lazy_free(o->v);
     memset(o, 0, sizeof *o);
 }
 

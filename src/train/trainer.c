@@ -364,6 +364,7 @@ static int setup(tsr_trainer *T) {
     if (tsr_dist_fail_together(T->comm, fail, &T->ctx->log)) return -1;
     setup_optim(T);
     if (setup_precision(T) != 0) return -1;
+    tsr_vit_plan_backward(&T->m, &T->tr); /* blocks below the lowest trained one keep no activations */
     const tsr_config *cfg = T->cfg;
     INFO(T, "method: mode %s, adapter %s, routing %s%s, %d modules, trainable parameters %zu (backbone %zu)",
          T->opts->backbone ? "backbone" : cfg->adapt.mode, T->use_ad ? cfg->adapter.kind : "none",
@@ -423,7 +424,7 @@ static double step_gradients(tsr_trainer *T, long step, int *Bl, int *fail) {
         if (cfg->data.augment)
             tsr_augment(x, T->vc.channels, T->vc.image_size, seed, step, T->slot[i], cfg->data.flip, T->tmp_img);
     }
-    tsr_vit_zero_grad(&T->m);
+    tsr_vit_zero_grad_for(&T->m, &T->tr);
     if (T->use_ad) tsr_adapters_zero_grad(&T->ad);
     if (T->mop && T->mo.nbias) memset(T->mo.bias_grads, 0, sizeof(float) * T->mo.nbias);
     if (*Bl == 0) return *fail ? NAN : 0;

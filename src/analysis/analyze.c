@@ -181,10 +181,11 @@ int tsr_analyze_run(const tsr_ctx *ctx, const tsr_config *cfg, const char *cfg_t
     mo = tsr_calloc((size_t)M, sizeof *mo);
     const cfg_string_list *role = strcmp(cfg->data.role, "source") == 0    ? &cfg->suite.source
                                   : strcmp(cfg->data.role, "train") == 0   ? &cfg->suite.train
+                                  : strcmp(cfg->data.role, "val") == 0     ? &cfg->suite.val
                                   : strcmp(cfg->data.role, "heldout") == 0 ? &cfg->suite.heldout
                                                                            : NULL;
     if (!role || role->n < 1) {
-        tsr_logf(&ctx->log, TSR_LOG_ERROR, "%s: analyze needs data.role source, train or heldout with its suite list (the tasks "
+        tsr_logf(&ctx->log, TSR_LOG_ERROR, "%s: analyze needs data.role source, train, val or heldout with its suite list (the tasks "
                 "the adapters were pre-trained on)", cfg_path);
         goto out;
     }

@@ -53,8 +53,8 @@ const cfg_field tsr_config_schema[] = {
       "number of the first task (held-out tasks use numbers that pre-training did not)"),
     F("data.shots", CFG_INT, data.shots, 0, 1000000, NULL, "0",
       "training examples per class and task, drawn with run.seed (0 = all)"),
-    F("data.role", CFG_ENUM, data.role, 1, 0, "all|source|train|heldout", "\"all\"",
-      "suite tasks used: all | source | train | heldout (the lists in suite.*)"),
+    F("data.role", CFG_ENUM, data.role, 1, 0, "all|source|train|val|heldout", "\"all\"",
+      "suite tasks used: all | source | train | val | heldout (the lists in suite.*)"),
     F("data.augment", CFG_BOOL, data.augment, 1, 0, NULL, "false", "random crop (padding 2) of training images"),
     F("data.flip", CFG_BOOL, data.flip, 1, 0, NULL, "false", "with data.augment: random horizontal flips"),
     F("data.joint_labels", CFG_BOOL, data.joint_labels, 1, 0, NULL, "false",
@@ -62,6 +62,8 @@ const cfg_field tsr_config_schema[] = {
     /* suite roles */
     F("suite.source", CFG_STRING_LIST, suite.source, 1, 0, NULL, "[]", "suite tasks that pre-train the backbone"),
     F("suite.train", CFG_STRING_LIST, suite.train, 1, 0, NULL, "[]", "suite tasks for multi-task adapter training"),
+    F("suite.val", CFG_STRING_LIST, suite.val, 1, 0, NULL, "[]",
+      "validation few-shot suite tasks (hyper-parameter choice), never test tasks nor seen by pre-training"),
     F("suite.heldout", CFG_STRING_LIST, suite.heldout, 1, 0, NULL, "[]",
       "held-out few-shot suite tasks, never seen by either pre-training stage"),
     /* train */

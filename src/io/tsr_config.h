@@ -34,7 +34,7 @@ typedef struct {
         long tasks;                /* label-permutation tasks over the dataset (tessera adapt) */
         long task_offset;          /* number of the first task (held-out tasks use other numbers) */
         long shots;                /* training examples per class and task (0 = all) */
-        char role[CFG_STR_MAX];    /* suite tasks used: "all" | "source" | "train" | "heldout" */
+        char role[CFG_STR_MAX];    /* suite tasks used: "all" | "source" | "train" | "val" | "heldout" */
         bool augment;              /* random crop (pad 2) during training */
         bool flip;                 /* with augment: random horizontal flip */
         bool joint_labels;         /* suite tasks share one label space (task offsets): backbone pre-training */
@@ -42,6 +42,7 @@ typedef struct {
     struct {
         cfg_string_list source;    /* task names that pre-train the backbone */
         cfg_string_list train;     /* multi-task adapter training tasks */
+        cfg_string_list val;       /* few-shot validation tasks (hyper-parameter choice), never test tasks */
         cfg_string_list heldout;   /* few-shot tasks, never seen by either pre-training stage */
     } suite;
     struct {

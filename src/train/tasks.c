@@ -72,6 +72,7 @@ static int select_suite(tsr_tasks *ts, const tsr_config *cfg) {
     const char *rn = cfg->data.role;
     const cfg_string_list *role = strcmp(rn, "source") == 0    ? &cfg->suite.source
                                   : strcmp(rn, "train") == 0   ? &cfg->suite.train
+                                  : strcmp(rn, "val") == 0     ? &cfg->suite.val
                                   : strcmp(rn, "heldout") == 0 ? &cfg->suite.heldout
                                                                : NULL;
     int rc = -1, K = ts->K;

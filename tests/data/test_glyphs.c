@@ -183,8 +183,8 @@ static void test_scripts_found(void **state) {
     assert_true(usable >= 40);
 }
 
-/* configs/glyphs.yaml, loaded as a tessera configuration: its three role lists (suite.source, .train,
- * .heldout) name scripts of the table, each once; together they cover every script usable on this
+/* configs/glyphs.yaml, loaded as a tessera configuration: its four role lists (suite.source, .train,
+ * .val, .heldout) name scripts of the table, each once; together they cover every script usable on this
  * machine; at least 8 are held out. */
 static void test_roles_config(void **state) {
     (void)state;
@@ -193,23 +193,24 @@ static void test_roles_config(void **state) {
     assert_int_equal(tsr_config_load(&cfg, "configs/glyphs.yaml", 0, NULL), 0);
     assert_string_equal(cfg.data.dataset, "suite");
     assert_string_equal(cfg.data.path, "data/glyphs.nc");
-    const cfg_string_list *lists[3] = {&cfg.suite.source, &cfg.suite.train, &cfg.suite.heldout};
-    static char names[3][CFG_LIST_MAX][TSR_NAME_MAX];
-    const char *keys[3] = {"source", "train", "heldout"};
-    int cnt[3];
-    for (int r = 0; r < 3; r++) {
+    const cfg_string_list *lists[4] = {&cfg.suite.source, &cfg.suite.train, &cfg.suite.val, &cfg.suite.heldout};
+    static char names[4][CFG_LIST_MAX][TSR_NAME_MAX];
+    const char *keys[4] = {"source", "train", "val", "heldout"};
+    int cnt[4];
+    for (int r = 0; r < 4; r++) {
         cnt[r] = lists[r]->n;
         for (int i = 0; i < cnt[r]; i++) snprintf(names[r][i], TSR_NAME_MAX, "%s", lists[r]->v[i]);
         assert_true(cnt[r] > 0);
     }
-    assert_true(cnt[2] >= 8);
-    int total = cnt[0] + cnt[1] + cnt[2];
+    assert_true(cnt[2] >= 4);
+    assert_true(cnt[3] >= 12);
+    int total = cnt[0] + cnt[1] + cnt[2] + cnt[3];
     /* about 1/3 source, 1/2 train */
     assert_in_range(cnt[0] * 100 / total, 25, 42);
     assert_in_range(cnt[1] * 100 / total, 40, 60);
     tsr_glyph_opts o;
     tsr_glyph_opts_init(&o);
-    for (int r = 0; r < 3; r++)
+    for (int r = 0; r < 4; r++)
         for (int i = 0; i < cnt[r]; i++) {
             const tsr_glyph_script *s = tsr_glyph_script_find(names[r][i]);
             if (!s) print_error("configs/glyphs.yaml: %s: '%s' is not in the script table\n", keys[r], names[r][i]);
@@ -229,7 +230,7 @@ static void test_roles_config(void **state) {
         int rc = tsr_glyphs_scan(&o, s, &t);
         assert_true(rc == 0 || rc == 1);
         int listed = 0;
-        for (int r = 0; r < 3; r++)
+        for (int r = 0; r < 4; r++)
             for (int j = 0; j < cnt[r]; j++) listed |= strcmp(names[r][j], s->name) == 0;
         if (rc == 0 && !listed) print_error("configs/glyphs.yaml: usable script '%s' has no role\n", s->name);
         if (rc == 1 && listed) print_error("configs/glyphs.yaml: '%s' cannot be built here: %s\n", s->name, t.reason);

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds tessera and runs every test (ctest). Usage: scripts/test.sh [--sanitize]
 #   default     Release build in build/, warnings as errors, all tests
-#   --sanitize  AddressSanitizer + UndefinedBehaviorSanitizer build in build-san/, all tests
+#   --sanitize  AddressSanitizer + UndefinedBehaviorSanitizer build in build-san/, all tests but
+#               test_slurm (it drives the same binaries through a real Slurm; under the sanitizers it
+#               took 431 of CI's 1820 s and checks nothing that test_pretrain / test_fewshot, which run
+#               those binaries under mpirun, do not check for memory errors)
 # Needs the packages of scripts/setup.sh. Exits non-zero if any test fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,11 +18,13 @@ if [ "${1:-}" = "--sanitize" ]; then
   export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0"
   export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+  EXCLUDE=(-E '^test_slurm$')
 else
   BUILD=build
   FLAGS=(-DCMAKE_BUILD_TYPE=Release -DTESSERA_WERROR=ON)
+  EXCLUDE=()
 fi
 cmake -S . -B "$BUILD" "${FLAGS[@]}"
 cmake --build "$BUILD" -j "$JOBS"
 cd "$BUILD"
-ctest --output-on-failure --timeout 900 -j 1
+ctest --output-on-failure --timeout 900 -j 1 "${EXCLUDE[@]}"

@@ -207,3 +207,15 @@ int tsr_blas_slow_kernel(char *msg, int len) {
              "slower matrix products. Why: %s", blas_name(), kernel_name(), g_choice.reason);
     return 1;
 }
+
+#if defined(TSR_HAVE_ONEDNN) && !defined(TSR_F64)
+#include <oneapi/dnnl/dnnl.h>
+void tsr_sgemm_seq(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                   const float *B, int ldb, float beta, float *C, int ldc) {
+    /* dnnl_sgemm takes row-major matrices; it only fails on invalid arguments, which our callers fix */
+    dnnl_status_t st = dnnl_sgemm(transA ? 'T' : 'N', transB ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb,
+                                  beta, C, ldc);
+    TSR_CHECK(st == dnnl_success, "dnnl_sgemm(%c%c, %d x %d x %d) failed: status %d", transA ? 'T' : 'N',
+              transB ? 'T' : 'N', M, N, K, (int)st);
+}
+#endif

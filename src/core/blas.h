@@ -28,6 +28,16 @@ static inline void tsr_gemm(int transA, int transB, int M, int N, int K, real al
 #endif
 }
 
+/* C(M,N) = alpha op(A) op(B) + beta C, row-major, float, on the calling thread alone: for the many
+ * small products made inside an OpenMP parallel region (attention's per-(image, head) products), where
+ * a multi-threaded BLAS call would nest. oneDNN's sgemm (JIT AVX-512 / AVX2 kernels; inside an active
+ * parallel region it runs sequentially); only in builds with oneDNN (TSR_HAVE_ONEDNN), the others keep
+ * the loop kernels. Deterministic: the same call on the same data gives the same bits. */
+#if defined(TSR_HAVE_ONEDNN) && !defined(TSR_F64)
+void tsr_sgemm_seq(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                   const float *B, int ldb, float beta, float *C, int ldc);
+#endif
+
 /* Call once at start-up, before any other BLAS call: detects the CPU, asks the library which kernel
  * set it picks, and when that set lacks AVX-512 on an AVX-512 CPU selects the library's AVX-512 set
  * (tsr_kernel_choose in kernel_choice.h: BLIS through BLIS_ARCH_TYPE, OpenBLAS through

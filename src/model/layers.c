@@ -171,6 +171,83 @@ void gelu_backward(real *dinp, const real *dout, const real *inp, long n) {
     }
 }
 
+#if defined(TSR_HAVE_ONEDNN) && !defined(TSR_F64)
+/* Float build with oneDNN: each (image, head) pair's products are small GEMMs on one thread (tsr_sgemm_seq,
+ * JIT kernels at about the core's FMA rate), the pairs spread over the OpenMP threads. */
+
+/* One head's P (T, T) = softmax(q k^T * scale), rows of length T; q_i = q + i * ld, k_j = k + j * ld.
+ * The forward and the backward's recomputation both call this one compiled copy, so they agree bitwise. */
+__attribute__((noinline)) static void softmax_head(real *P, const real *q, const real *k, int ld, int T, int hd,
+                                                   real scale) {
+    tsr_sgemm_seq(0, 1, T, T, hd, scale, q, ld, k, ld, 0, P, T);
+    for (int i = 0; i < T; i++) {
+        real *p = P + (size_t)i * T, mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+        for (int j = 0; j < T; j++) mx = p[j] > mx ? p[j] : mx;
+        real inv = 1 / tsr_vec_exp_sum(p, p, mx, T);
+#pragma omp simd
+        for (int j = 0; j < T; j++) p[j] *= inv;
+    }
+}
+
+void attention_forward(real *out, real *att, const real *qkv, int B, int T, int D, int H) {
+    int hd = D / H, D3 = 3 * D;
+    real scale = (real)(1.0 / sqrt((double)hd));
+    tsr_simd_level();
+#pragma omp parallel
+    {
+        real *buf = att ? NULL : tsr_malloc(sizeof(real) * (size_t)T * T); /* att NULL: not kept */
+#pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++) {
+                const real *base = qkv + (size_t)b * T * D3;
+                real *P = att ? att + ((size_t)b * H + h) * T * T : buf;
+                softmax_head(P, base + h * hd, base + D + h * hd, D3, T, hd, scale);
+                /* out_h = P v_h */
+                tsr_sgemm_seq(0, 0, T, hd, T, 1, P, T, base + 2 * D + h * hd, D3, 0, out + (size_t)b * T * D + h * hd, D);
+            }
+        free(buf);
+    }
+}
+
+void attention_backward(real *dqkv, const real *dout, const real *qkv, const real *att, int B, int T,
+                        int D, int H) {
+    int hd = D / H, D3 = 3 * D;
+    real scale = (real)(1.0 / sqrt((double)hd));
+    tsr_simd_level();
+#pragma omp parallel
+    {
+        real *dS = tsr_malloc(sizeof(real) * (size_t)T * T);
+        real *buf = att ? NULL : tsr_malloc(sizeof(real) * (size_t)T * T); /* att NULL: recomputed */
+#pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++) {
+                const real *base = qkv + (size_t)b * T * D3, *dy = dout + (size_t)b * T * D + h * hd;
+                real *dbase = dqkv + (size_t)b * T * D3;
+                const real *P = att ? att + ((size_t)b * H + h) * T * T : buf;
+                if (!att) softmax_head(buf, base + h * hd, base + D + h * hd, D3, T, hd, scale);
+                /* dP = dy v^T ; dv += P^T dy */
+                tsr_sgemm_seq(0, 1, T, T, hd, 1, dy, D, base + 2 * D + h * hd, D3, 0, dS, T);
+                tsr_sgemm_seq(1, 0, T, hd, T, 1, P, T, dy, D, 1, dbase + 2 * D + h * hd, D3);
+                /* dS_ij = scale p_ij (dP_ij - sum_k dP_ik p_ik) */
+                for (int i = 0; i < T; i++) {
+                    real *ds = dS + (size_t)i * T, rowsum = 0;
+                    const real *p = P + (size_t)i * T;
+#pragma omp simd reduction(+ : rowsum)
+                    for (int j = 0; j < T; j++) rowsum += ds[j] * p[j];
+#pragma omp simd
+                    for (int j = 0; j < T; j++) ds[j] = p[j] * (ds[j] - rowsum) * scale;
+                }
+                /* dq += dS k ; dk += dS^T q */
+                tsr_sgemm_seq(0, 0, T, hd, T, 1, dS, T, base + D + h * hd, D3, 1, dbase + h * hd, D3);
+                tsr_sgemm_seq(1, 0, T, hd, T, 1, dS, T, base + h * hd, D3, 1, dbase + D + h * hd, D3);
+            }
+        free(dS);
+        free(buf);
+    }
+}
+
+#else /* the double build, and float builds without oneDNN: row-at-a-time loops */
 static inline real dot(const real *a, const real *b, int n) {
     real s = 0;
 #pragma omp simd reduction(+ : s)
@@ -278,6 +355,8 @@ void attention_backward(real *dqkv, const real *dout, const real *qkv, const rea
         free(row);
     }
 }
+
+#endif
 
 double softmax_xent_forward(real *probs, const real *logits, const int *labels, int B, int K) {
     double loss = 0;

@@ -101,7 +101,17 @@ static void test_attention(void **s) {
     attention_backward(d1, dy, qkv, a1, B, T, D, H);
     attention_backward_ref(d2, dy, qkv, a2, B, T, D, H);
     assert_true(cmp("attention d qkv", d1, d2, nq) < TOL);
-    free(qkv); free(dy); free(o1); free(o2); free(a1); free(a2); free(d1); free(d2);
+    /* without stored probabilities (att NULL) the forward gives the same bits and the backward
+     * recomputes them: the same bits again */
+    float *o3 = zeros(no), *d3 = zeros(nq);
+    attention_forward(o3, NULL, qkv, B, T, D, H);
+    assert_memory_equal(o3, o1, sizeof(float) * no);
+    attention_backward(d3, dy, qkv, NULL, B, T, D, H);
+    assert_memory_equal(d3, d1, sizeof(float) * nq);
+    /* the backward accumulates into dqkv */
+    attention_backward(d3, dy, qkv, a1, B, T, D, H);
+    for (size_t i = 0; i < nq; i++) assert_float_equal(d3[i], 2 * d1[i], 1e-5 * (1 + fabsf(d1[i])));
+    free(qkv); free(dy); free(o1); free(o2); free(a1); free(a2); free(d1); free(d2); free(o3); free(d3);
 }
 
 int main(void) {

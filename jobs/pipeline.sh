@@ -2,7 +2,8 @@
 # The whole glyph-suite study as a chain of Slurm jobs, each one starting only when the one before it
 # succeeded (sbatch --dependency=afterok):
 #
-#   prepare   tessera prepare glyphs --out data/glyphs.nc     (skipped when data/glyphs.nc exists)
+#   prepare   tessera prepare glyphs --roles configs/glyphs.yaml --out data/glyphs.nc
+#                                                             (skipped when data/glyphs.nc exists)
 #   pretrain  jobs/pretrain.slurm: the backbone, then every method of CONFIG_DIR/methods (or --methods)
 #   fewshot   jobs/fewshot.slurm FEWSHOT_CONFIG               -> RUNS/fewshot/results.nc
 #   analyze   jobs/analyze.slurm ANALYZE_CONFIG               -> RUNS/analyze/alignment.nc
@@ -176,7 +177,7 @@ submit() { # submit STAGE SBATCH_ARGS...: chain after the previous job, print "S
 want prepare && submit prepare --ntasks=1 --time=00:30:00 --wrap \
   'set -e; if [ -f data/glyphs.nc ]; then echo "prepare: data/glyphs.nc exists"; exit 0; fi
    mkdir -p data; T=data/.glyphs-$SLURM_JOB_ID.nc
-   "${TESSERA:-./build/tessera}" prepare glyphs --out "$T" && mv "$T" data/glyphs.nc && echo "prepare: wrote data/glyphs.nc"'
+   "${TESSERA:-./build/tessera}" prepare glyphs --roles configs/glyphs.yaml --out "$T" && mv "$T" data/glyphs.nc && echo "prepare: wrote data/glyphs.nc"'
 want pretrain && submit pretrain "$ROOT/jobs/pretrain.slurm"
 want fewshot && submit fewshot "$ROOT/jobs/fewshot.slurm" "$FEWSHOT_CONFIG" "${FEWSHOT_SETS[@]}"
 want analyze && submit analyze "$ROOT/jobs/analyze.slurm" "$ANALYZE_CONFIG" "${ANALYZE_SETS[@]}"

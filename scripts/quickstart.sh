@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default, from a fresh Debian 12 machine, in about ten minutes on 2 cores:
 #   1. installs the Debian packages and builds tessera
-#   2. renders the glyph suite from Debian's fonts (137 writing systems, docs/GLYPHS.md)
+#   2. renders the glyph suite v2 from Debian's fonts (137 writing systems, renderings per class by the
+#      roles of configs/glyphs.yaml: 192,000 images, about 15 s; docs/GLYPHS.md)
 #   3. pre-trains a ViT backbone on the 46 source scripts (2 MPI ranks)
 #   4. multi-task pre-training of LoRA, Poly and MHR on the 68 training scripts (2 ranks)
 #   5. a few-shot sweep on held-out scripts: 10 methods x 4 scripts x {1, 5} shots x 2 seeds (2 ranks,
@@ -24,8 +25,13 @@ cmake --build build -j "$(nproc)" > /dev/null
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 OUT=${QUICK_RUNS:-runs}
 
-stage "2/7 glyph suite"
-[ -f data/glyphs.nc ] || ./build/tessera prepare glyphs --out data/glyphs.nc
+stage "2/7 glyph suite v2"
+# a data/glyphs.nc of an older suite (no glyph_suite_version "2") is rebuilt
+if [ -f data/glyphs.nc ] && ncdump -h data/glyphs.nc 2>/dev/null | grep -q 'glyph_suite_version = "2"'; then
+  echo "quickstart: data/glyphs.nc is the glyph suite v2"
+else
+  ./build/tessera prepare glyphs --roles configs/glyphs.yaml --out data/glyphs.nc
+fi
 
 stage "3/7 and 4/7 backbone, then LoRA, Poly and MHR (multi-task) -> runs/glyphs/"
 BACKBONE_STEPS=${BACKBONE_STEPS:-500} STEPS=${STEPS:-150} METHODS="lora poly mhr" bash jobs/pretrain.slurm

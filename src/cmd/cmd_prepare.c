@@ -1,8 +1,9 @@
 /* cmd_prepare.c: `tessera prepare KIND ...`: build a dataset (a tessera netCDF suite,
  * docs/DATASET_SCHEMA.md) from Debian packages or from image folders.
  *   tessera prepare fashion-mnist [--src DIR] [--out FILE]
- *   tessera prepare glyphs [--out FILE] [--fonts DIRS] [--size N] [--classes N] [--min-classes N]
- *                          [--examples N] [--val N] [--test N] [--seed N] [--no-jitter] [--scripts a,b,...]
+ *   tessera prepare glyphs [--out FILE] [--roles CONFIG] [--counts ROLE=TRAIN,VAL,TEST ...] [--fonts DIRS]
+ *                          [--size N] [--classes N] [--min-classes N] [--examples N] [--val N] [--test N]
+ *                          [--seed N] [--no-jitter] [--no-elastic] [--scripts a,b,...]
  *   tessera prepare folder SRC OUT --size N [--channels 1|3] [--resize crop|squash] --task NAME
  * Each prints sizes, task and class counts; the file is written atomically. */
 #define _POSIX_C_SOURCE 200809L
@@ -16,13 +17,18 @@
 #include "data/import.h"
 #include "data/suite.h"
 #include "dist/parallel.h"
+#include "io/tsr_config.h"
 
 static void prepare_usage(FILE *f) {
     fprintf(f, "usage:\n"
                "  tessera prepare fashion-mnist [--src DIR] [--out FILE]   (default: Debian's dataset-fashion-mnist -> data/fashion-mnist.nc)\n"
-               "  tessera prepare glyphs [--out FILE] [--fonts DIRS] [--size N] [--classes N] [--min-classes N]\n"
-               "                         [--examples N] [--val N] [--test N] [--seed N] [--no-jitter] [--scripts a,b,...]\n"
-               "                         (default: data/glyphs.nc, one task per writing system, docs/GLYPHS.md)\n"
+               "  tessera prepare glyphs [--out FILE] [--roles CONFIG] [--counts ROLE=TRAIN,VAL,TEST ...] [--fonts DIRS]\n"
+               "                         [--size N] [--classes N] [--min-classes N] [--examples N] [--val N] [--test N]\n"
+               "                         [--seed N] [--no-jitter] [--no-elastic] [--scripts a,b,...]\n"
+               "                         (default: data/glyphs.nc, one task per writing system, docs/GLYPHS.md; the suite v2\n"
+               "                         of the study: --roles configs/glyphs.yaml, renderings per class by role:\n"
+               "                         source 100,10,10  train 40,5,5  val 20,5,10  heldout 20,5,10 (plain test);\n"
+               "                         scripts in no role, or all without --roles: --examples 20 --val 3 --test 5)\n"
                "  tessera prepare folder SRC OUT --size N [--channels 1|3] [--resize crop|squash] --task NAME\n"
                "                         (SRC: a folder of class folders of PNG/JPEG files, or a list file; docs/VTAB.md)\n");
 }
@@ -35,6 +41,55 @@ static int int_arg(const char *opt, const char *v, int lo, int hi, int *out) {
         return -1;
     }
     *out = (int)x;
+    return 0;
+}
+
+/* --counts ROLE=TRAIN,VAL,TEST: the renderings per class of one role */
+static int counts_arg(const char *v, tsr_glyph_opts *o) {
+    const char *eq = strchr(v, '=');
+    int role = -1;
+    for (int r = 1; eq && r < TSR_GLYPH_NROLES; r++) {
+        const char *name = tsr_glyph_role_name(r);
+        if (strlen(name) == (size_t)(eq - v) && strncmp(v, name, (size_t)(eq - v)) == 0) role = r;
+    }
+    int tr = 0, va = 0, te = 0, end = 0;
+    if (role < 0 || sscanf(eq + 1, "%d,%d,%d%n", &tr, &va, &te, &end) != 3 || eq[1 + end] != 0 || tr < 1 ||
+        va < 0 || te < 0 || (long)tr + va + te > 100000) {
+        tsr_log(TSR_LOG_ERROR, "prepare glyphs: --counts expects ROLE=TRAIN,VAL,TEST with ROLE source, train, val "
+                "or heldout and renderings per class TRAIN >= 1, VAL >= 0, TEST >= 0 (at most 100000 in all), "
+                "e.g. source=100,10,10; got '%s'", v);
+        return -1;
+    }
+    o->counts[role].train = tr;
+    o->counts[role].val = va;
+    o->counts[role].test = te;
+    return 0;
+}
+
+/* --roles CONFIG: the suite.source / train / val / heldout lists of a tessera configuration, loaded
+ * with the configuration loader. The names stay in *cfg (heap: the struct is large). */
+static int roles_arg(const char *path, tsr_config **cfg, const char **names[TSR_GLYPH_NROLES], tsr_glyph_opts *o) {
+    *cfg = tsr_malloc(sizeof **cfg);
+    if (tsr_config_load(*cfg, path, 0, NULL) != 0) {
+        tsr_log(TSR_LOG_ERROR, "prepare glyphs: --roles %s: %s", path, tsr_last_error());
+        return -1;
+    }
+    const cfg_string_list *lists[TSR_GLYPH_NROLES] = {NULL, &(*cfg)->suite.source, &(*cfg)->suite.train,
+                                                      &(*cfg)->suite.val, &(*cfg)->suite.heldout};
+    int total = 0;
+    for (int r = 1; r < TSR_GLYPH_NROLES; r++) {
+        names[r] = tsr_malloc((size_t)(lists[r]->n + 1) * sizeof *names[r]);
+        for (int i = 0; i < lists[r]->n; i++) names[r][i] = lists[r]->v[i];
+        o->role_n[r] = lists[r]->n;
+        o->role_scripts[r] = names[r];
+        total += lists[r]->n;
+    }
+    if (total == 0) {
+        tsr_log(TSR_LOG_ERROR, "prepare glyphs: --roles %s: suite.source, suite.train, suite.val and suite.heldout "
+                "are all empty: expected the roles of the glyph suite's tasks, as in configs/glyphs.yaml", path);
+        return -1;
+    }
+    o->roles_file = path;
     return 0;
 }
 
@@ -97,12 +152,19 @@ int tsr_cmd_prepare(int argc, char **argv) {
         const char *out = "data/glyphs.nc";
         char *scripts_buf = NULL;
         const char *names[1024];
-        int seed = (int)o.seed;
+        const char *roles = NULL;
+        int seed = (int)o.seed, ncounts = 0;
+        tsr_config *cfg = NULL;
+        const char **role_names[TSR_GLYPH_NROLES] = {NULL};
         for (int i = 2; i < argc; i++) {
             const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
             int bad = 0;
             if (strcmp(a, "--out") == 0 && v) out = argv[++i];
-            else if (strcmp(a, "--fonts") == 0 && v) o.font_dir = argv[++i];
+            else if (strcmp(a, "--roles") == 0 && v) roles = argv[++i];
+            else if (strcmp(a, "--counts") == 0 && v) {
+                bad = counts_arg(argv[++i], &o);
+                ncounts++;
+            } else if (strcmp(a, "--fonts") == 0 && v) o.font_dir = argv[++i];
             else if (strcmp(a, "--size") == 0 && v) bad = int_arg(a, argv[++i], 8, 1024, &o.image_size);
             else if (strcmp(a, "--classes") == 0 && v) bad = int_arg(a, argv[++i], 2, 100000, &o.max_classes);
             else if (strcmp(a, "--min-classes") == 0 && v) bad = int_arg(a, argv[++i], 2, 100000, &o.min_classes);
@@ -111,6 +173,7 @@ int tsr_cmd_prepare(int argc, char **argv) {
             else if (strcmp(a, "--test") == 0 && v) bad = int_arg(a, argv[++i], 0, 100000, &o.n_test);
             else if (strcmp(a, "--seed") == 0 && v) bad = int_arg(a, argv[++i], 0, 2147483647, &seed);
             else if (strcmp(a, "--no-jitter") == 0) o.jitter = 0;
+            else if (strcmp(a, "--no-elastic") == 0) o.elastic = 0;
             else if (strcmp(a, "--scripts") == 0 && v) {
                 free(scripts_buf);
                 scripts_buf = strdup(argv[++i]);
@@ -126,11 +189,22 @@ int tsr_cmd_prepare(int argc, char **argv) {
                 return 2;
             }
         }
+        int usage = 0;
+        if (ncounts > 0 && !roles) {
+            tsr_log(TSR_LOG_ERROR, "prepare glyphs: --counts sets the renderings of a role: it needs --roles CONFIG "
+                    "(e.g. --roles configs/glyphs.yaml)");
+            usage = 1;
+        } else if (roles && roles_arg(roles, &cfg, role_names, &o) != 0) {
+            usage = 1;
+        }
         o.seed = (uint64_t)seed;
         o.command = cmdline;
         double t0 = tsr_time();
-        rc = tsr_mkdirs_for(out) != 0 || tsr_glyphs_build(&o, out) != 0;
+        rc = usage || tsr_mkdirs_for(out) != 0 || tsr_glyphs_build(&o, out) != 0;
         free(scripts_buf);
+        free(cfg);
+        for (int r = 0; r < TSR_GLYPH_NROLES; r++) free(role_names[r]);
+        if (usage) return 2;
         if (rc) {
             tsr_log(TSR_LOG_ERROR, "%s", tsr_last_error());
             return 1;

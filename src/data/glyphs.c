@@ -5,8 +5,8 @@
  * fills FILL_PERMILLE of the image (glyphs smaller than half an em are scaled as if they were half an
  * em, so that small letters stay small), jittered by a 2x2 fixed-point matrix (rotation, scale,
  * aspect, shear) and a translation, then rasterised anti-aliased by FreeType's smooth rasteriser
- * straight into the image. Blur and noise are integer too. No floating point is used anywhere, so
- * the pixels do not depend on the compiler, its flags or the C library. */
+ * straight into the image. Elastic distortion, blur and noise are integer too. No floating point is
+ * used anywhere, so the pixels do not depend on the compiler, its flags or the C library. */
 #define _POSIX_C_SOURCE 200809L
 #include "glyphs.h"
 
@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fnmatch.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,7 @@
 #include FT_BBOX_H
 #include FT_OUTLINE_H
 #include FT_TRIGONOMETRY_H
+#include FT_TRUETYPE_TABLES_H
 
 /* Larger side of a glyph, in thousandths of the image side, before jitter. Rotation by 10 degrees
  * and scale 1.1 bring it to about 0.87 of the side, so that translation rarely clips. */
@@ -36,8 +38,24 @@
 /* Two characters whose clean renderings (first font) differ by at most this mean absolute
  * difference per pixel (in 1/256 grey levels) are the same shape: the later one is skipped. */
 #define DUP_MEAN_Q8 128
-/* A rendering is empty unless at least this many pixels reach 128. */
+/* A rendering is empty unless its grey levels add up to at least this many white pixels (a sum, not a
+ * count of bright pixels: the Thin and ExtraLight faces of fonts-noto-extra draw strokes of half a
+ * pixel at 28 px, which never reach full white but are plainly visible). */
 #define MIN_INK_PIXELS 3
+
+/* The augmentation of the jittered renderings (draw_aug): uniform ranges, in the units of
+ * tsr_glyph_aug. Rotation in degrees, the 16.16 factors as 1/65536. */
+#define AUG_ROT_DEG 12                /* -12 .. +12 degrees */
+#define AUG_SCALE_LO 52429            /* 0.80 */
+#define AUG_SCALE_HI 72090            /* 1.10 */
+#define AUG_ASPECT 3932               /* +-0.06 */
+#define AUG_SHEAR 13107               /* +-0.20 */
+#define AUG_SHIFT_DIV 14              /* translation up to 1/14 of the side: +-2 px at 28 */
+#define AUG_BOLD_LO (-15)             /* stroke change, thousandths of the glyph's larger side */
+#define AUG_BOLD_HI 40
+/* elastic alpha at 28 px, pixels in 8.8 (scaled by size / 28 and by the box width / 7 elsewhere) */
+#define AUG_ELASTIC_LO (6 * 256)
+#define AUG_ELASTIC_HI (24 * 256)
 
 /* ------------------------------------------------------------------------------------------------
  * The script table. Ranges list the letters in class order (independent vowels and consonants for
@@ -47,7 +65,7 @@
 #define NS(x) "NotoSans" x "-*.ttf"
 #define NSS(x) "NotoSans" x "-*.ttf NotoSerif" x "-*.ttf"
 #define R1(a, b) {{(a), (b), 1}}
-#define LGC_FONTS "NotoSans-*.ttf NotoSerif-*.ttf NotoSansDisplay-*.ttf NotoSerifDisplay-*.ttf " \
+#define LGC_FONTS "NotoSans-*.ttf NotoSerif-*.ttf NotoSansDisplay-*.ttf NotoSerifDisplay-*.ttf NotoSansMono-*.ttf " \
                   "DejaVuSans.ttf DejaVuSans-*.ttf DejaVuSerif.ttf DejaVuSerif-*.ttf "             \
                   "DejaVuSansCondensed*.ttf DejaVuSerifCondensed*.ttf"
 #define CJK_FONTS "NotoSansCJK*.tt? NotoSerifCJK*.tt? "
@@ -242,6 +260,56 @@ void tsr_glyph_opts_init(tsr_glyph_opts *o) {
     o->n_test = 5;
     o->seed = 0;
     o->jitter = 1;
+    o->elastic = 1;
+    o->counts[TSR_GLYPH_SOURCE] = (tsr_glyph_counts){100, 10, 10, 0};
+    o->counts[TSR_GLYPH_TRAIN] = (tsr_glyph_counts){40, 5, 5, 0};
+    o->counts[TSR_GLYPH_VAL] = (tsr_glyph_counts){20, 5, 10, 1};
+    o->counts[TSR_GLYPH_HELDOUT] = (tsr_glyph_counts){20, 5, 10, 1};
+}
+
+static const char *const ROLE_NAMES[TSR_GLYPH_NROLES] = {"none", "source", "train", "val", "heldout"};
+
+const char *tsr_glyph_role_name(int role) {
+    return role >= 0 && role < TSR_GLYPH_NROLES ? ROLE_NAMES[role] : NULL;
+}
+
+int tsr_glyph_role_of(const tsr_glyph_opts *o, const char *script) {
+    for (int r = 1; o && script && r < TSR_GLYPH_NROLES; r++)
+        for (int i = 0; i < o->role_n[r]; i++)
+            if (o->role_scripts[r] && o->role_scripts[r][i] && strcmp(o->role_scripts[r][i], script) == 0)
+                return r;
+    return TSR_GLYPH_NO_ROLE;
+}
+
+static const char *roles_file(const tsr_glyph_opts *o) {
+    return o->roles_file && o->roles_file[0] ? o->roles_file : "roles";
+}
+
+/* The role lists: known scripts, each in one list at most; the counts of each role. */
+static int check_roles(const tsr_glyph_opts *o) {
+    for (int r = 1; r < TSR_GLYPH_NROLES; r++) {
+        const tsr_glyph_counts *c = &o->counts[r];
+        if (c->train < 1 || c->val < 0 || c->test < 0 || (long)c->train + c->val + c->test > 100000)
+            return tsr_error("glyph suite: renderings per class of role %s: %d train, %d val, %d test: need at "
+                             "least 1 train, val and test >= 0, at most 100000 in all", ROLE_NAMES[r], c->train,
+                             c->val, c->test);
+        if (o->role_n[r] < 0 || (o->role_n[r] > 0 && !o->role_scripts[r]))
+            return tsr_error("glyph suite: %s: suite.%s has %d names but no list", roles_file(o), ROLE_NAMES[r],
+                             o->role_n[r]);
+        for (int i = 0; i < o->role_n[r]; i++) {
+            const char *name = o->role_scripts[r][i];
+            if (!name || !tsr_glyph_script_find(name))
+                return tsr_error("glyph suite: %s: suite.%s lists '%s', which is not a script of the table "
+                                 "(docs/GLYPHS.md lists them)", roles_file(o), ROLE_NAMES[r], name ? name : "NULL");
+            for (int r2 = 1; r2 <= r; r2++)
+                for (int j = 0; j < (r2 == r ? i : o->role_n[r2]); j++)
+                    if (strcmp(o->role_scripts[r2][j], name) == 0)
+                        return tsr_error("glyph suite: %s: '%s' is listed in suite.%s%s%s (a script has one "
+                                         "role)", roles_file(o), name, ROLE_NAMES[r2],
+                                         r2 == r ? " twice" : " and in suite.", r2 == r ? "" : ROLE_NAMES[r]);
+        }
+    }
+    return 0;
 }
 
 static int check_opts(const tsr_glyph_opts *o) {
@@ -258,7 +326,7 @@ static int check_opts(const tsr_glyph_opts *o) {
                          "the %d per class", o->n_val, o->n_test, o->examples);
     if (o->nscripts < 0 || (o->nscripts > 0 && !o->scripts))
         return tsr_error("glyph suite: nscripts %d without a list of scripts", o->nscripts);
-    return 0;
+    return check_roles(o);
 }
 
 static const char *font_dirs(const tsr_glyph_opts *o) {
@@ -458,36 +526,42 @@ static int open_face(FT_Library lib, const char *path, FT_Face *face) {
 /* ------------------------------------------------------------------------------------------------
  * Rendering */
 
-/* Jitter parameters, all fixed point: 16.16 unless said otherwise. */
-typedef struct {
-    FT_Angle angle;      /* degrees, 16.16 */
-    FT_Fixed scale;      /* overall size factor */
-    FT_Fixed aspect;     /* x scale 1 + aspect, y scale 1 - aspect */
-    FT_Fixed shear;      /* x += shear * y */
-    FT_Pos dx, dy;       /* translation, 26.6 pixels */
-    int embolden_pm;     /* stroke change, thousandths of the glyph's larger side */
-    int blur_w;          /* 0: none; else the side weights of the [w, 256-2w, w] / 256 kernel */
-    int noise_amp;       /* noise standard deviation, grey levels */
-} jitter_t;
-
-static const jitter_t NO_JITTER = {0, 0x10000, 0, 0, 0, 0, 0, 0, 0};
-
-static void draw_jitter(tsr_rng *r, int size, jitter_t *j) {
-    long t = (long)size * 64 / 14; /* +-2 pixels at 28 */
-    j->angle = (FT_Angle)rand_int(r, -10L * 65536, 10L * 65536);
-    j->scale = (FT_Fixed)rand_int(r, 52429, 72090); /* 0.8 .. 1.1 */
-    j->aspect = (FT_Fixed)rand_int(r, -3932, 3932); /* +-0.06 */
-    j->shear = (FT_Fixed)rand_int(r, -9830, 9830);  /* +-0.15 */
-    j->dx = (FT_Pos)rand_int(r, -t, t);
-    j->dy = (FT_Pos)rand_int(r, -t, t);
-    j->embolden_pm = (int)rand_int(r, -4, 32);
-    j->blur_w = rand_int(r, 0, 1) ? (int)rand_int(r, 16, 48) : 0;
-    j->noise_amp = (int)rand_int(r, 0, 8);
+void tsr_glyph_aug_clean(tsr_glyph_aug *a) {
+    memset(a, 0, sizeof *a);
+    a->scale = 0x10000;
 }
 
-/* Render glyph gi of face into img (size*size, zeroed here). Returns 0, 1 if the glyph has no outline
- * or is empty after rendering, -1 on a FreeType error (tsr_error). */
-static int render_glyph(FT_Library lib, FT_Face face, FT_UInt gi, int size, const jitter_t *j, uint8_t *img) {
+static const tsr_glyph_aug NO_AUG = {0, 0x10000, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+
+/* The elastic alpha (8.8 pixels) of a 28-pixel alpha a28 at another size: the displacement's spread
+ * is about alpha / sigma, so alpha grows with the side and with the box width to keep the distortion
+ * the same fraction of the image. */
+static int elastic_alpha_at(int a28, int size) {
+    int w = 2 * (size / 8) + 1;
+    return (int)((int64_t)a28 * size * w / (28 * 7));
+}
+
+static void draw_aug(tsr_rng *r, int size, int elastic, tsr_glyph_aug *a) {
+    long t = (long)size * 64 / AUG_SHIFT_DIV;
+    tsr_glyph_aug_clean(a);
+    a->angle = (int32_t)rand_int(r, -AUG_ROT_DEG * 65536L, AUG_ROT_DEG * 65536L);
+    a->scale = (int32_t)rand_int(r, AUG_SCALE_LO, AUG_SCALE_HI);
+    a->aspect = (int32_t)rand_int(r, -AUG_ASPECT, AUG_ASPECT);
+    a->shear = (int32_t)rand_int(r, -AUG_SHEAR, AUG_SHEAR);
+    a->dx = (int32_t)rand_int(r, -t, t);
+    a->dy = (int32_t)rand_int(r, -t, t);
+    a->embolden_pm = (int)rand_int(r, AUG_BOLD_LO, AUG_BOLD_HI);
+    a->blur_w = rand_int(r, 0, 1) ? (int)rand_int(r, 16, 48) : 0;
+    a->noise_amp = (int)rand_int(r, 0, 8);
+    int a28 = (int)rand_int(r, AUG_ELASTIC_LO, AUG_ELASTIC_HI);
+    a->elastic_alpha = elastic ? elastic_alpha_at(a28, size) : 0;
+    a->seed = tsr_rng_u64(r);
+}
+
+/* Render glyph gi of face into img (size*size, zeroed here) under the geometric part of a (affine,
+ * stroke). Returns 0, 1 if the glyph has no outline or is empty after rendering, -1 on a FreeType
+ * error (tsr_error). */
+static int render_glyph(FT_Library lib, FT_Face face, FT_UInt gi, int size, const tsr_glyph_aug *a, uint8_t *img) {
     memset(img, 0, (size_t)size * (size_t)size);
     FT_Error e = FT_Load_Glyph(face, gi, FT_LOAD_NO_SCALE);
     if (e) return tsr_error("glyph %u: FT_Load_Glyph failed (%s, code %d)", gi, ft_errstr(e), e);
@@ -499,8 +573,12 @@ static int render_glyph(FT_Library lib, FT_Face face, FT_UInt gi, int size, cons
     FT_Outline_Get_BBox(ol, &bb);
     FT_Pos w = bb.xMax - bb.xMin, h = bb.yMax - bb.yMin, big = w > h ? w : h;
     if (big <= 0) return 1;
-    if (j->embolden_pm != 0) {
-        FT_Pos st = big * j->embolden_pm / 1000;
+    /* no thinning of the light faces (OS/2 weight class below 350: Thin, ExtraLight, Light), whose strokes
+     * are a fraction of a pixel already */
+    const TT_OS2 *os2 = a->embolden_pm < 0 ? FT_Get_Sfnt_Table(face, FT_SFNT_OS2) : NULL;
+    int thin_face = os2 && os2->version != 0xFFFFu && os2->usWeightClass < 350;
+    if (a->embolden_pm != 0 && !(a->embolden_pm < 0 && thin_face)) {
+        FT_Pos st = big * a->embolden_pm / 1000;
         if (st != 0) {
             FT_Outline_EmboldenXY(ol, st, st);
             FT_Outline_Get_BBox(ol, &bb);
@@ -512,9 +590,9 @@ static int render_glyph(FT_Library lib, FT_Face face, FT_UInt gi, int size, cons
     }
     FT_Pos ref = big > face->units_per_EM / 2 ? big : face->units_per_EM / 2;
     FT_Fixed base = FT_DivFix((FT_Pos)size * 64 * FILL_PERMILLE / 1000, ref); /* 26.6 px per font unit */
-    FT_Fixed sx = FT_MulFix(base, FT_MulFix(j->scale, 0x10000 + j->aspect));
-    FT_Fixed sy = FT_MulFix(base, FT_MulFix(j->scale, 0x10000 - j->aspect));
-    FT_Fixed c = FT_Cos(j->angle), s = FT_Sin(j->angle), k = j->shear;
+    FT_Fixed sx = FT_MulFix(base, FT_MulFix(a->scale, 0x10000 + a->aspect));
+    FT_Fixed sy = FT_MulFix(base, FT_MulFix(a->scale, 0x10000 - a->aspect));
+    FT_Fixed c = FT_Cos(a->angle), s = FT_Sin(a->angle), k = a->shear;
     FT_Matrix m;
     m.xx = FT_MulFix(c, sx);
     m.xy = FT_MulFix(FT_MulFix(c, k) - s, sy);
@@ -522,7 +600,7 @@ static int render_glyph(FT_Library lib, FT_Face face, FT_UInt gi, int size, cons
     m.yy = FT_MulFix(FT_MulFix(s, k) + c, sy);
     FT_Outline_Translate(ol, -(bb.xMin + bb.xMax) / 2, -(bb.yMin + bb.yMax) / 2);
     FT_Outline_Transform(ol, &m);
-    FT_Outline_Translate(ol, (FT_Pos)size * 32 + j->dx, (FT_Pos)size * 32 + j->dy);
+    FT_Outline_Translate(ol, (FT_Pos)size * 32 + a->dx, (FT_Pos)size * 32 + a->dy);
     FT_Bitmap bm;
     memset(&bm, 0, sizeof bm);
     bm.rows = (unsigned)size;
@@ -533,16 +611,98 @@ static int render_glyph(FT_Library lib, FT_Face face, FT_UInt gi, int size, cons
     bm.pixel_mode = FT_PIXEL_MODE_GRAY;
     e = FT_Outline_Get_Bitmap(lib, ol, &bm);
     if (e) return tsr_error("glyph %u: FT_Outline_Get_Bitmap failed (%s, code %d)", gi, ft_errstr(e), e);
-    int ink = 0;
-    for (int i = 0; i < size * size; i++) ink += img[i] >= 128;
-    return ink >= MIN_INK_PIXELS ? 0 : 1;
+    long ink = 0;
+    for (int i = 0; i < size * size; i++) ink += img[i];
+    return ink >= MIN_INK_PIXELS * 255L ? 0 : 1;
 }
 
-/* Separable [w, 256-2w, w] / 256 blur with black outside, then clipped noise: the sum of four random
- * bytes (standard deviation 147.8) scaled to j->noise_amp grey levels. Integer only. */
-static void degrade(uint8_t *img, int size, const jitter_t *j, tsr_rng *r, int *tmp) {
-    if (j->blur_w > 0) {
-        int w = j->blur_w, c = 256 - 2 * w;
+/* One pass of the box filter of width 2h + 1 along a line of a (element i at a[i * stride]): the
+ * values on [lo, hi) in, the window sums on [lo + h, hi - h) out (not divided: the caller divides
+ * once after three passes). */
+static void box_pass(int64_t *a, size_t stride, int lo, int hi, int h, int64_t *line) {
+    for (int i = lo; i < hi; i++) line[i] = a[(size_t)i * stride];
+    int64_t sum = 0;
+    for (int i = lo; i < lo + 2 * h && i < hi; i++) sum += line[i];
+    for (int c = lo + h; c < hi - h; c++) {
+        sum += line[c + h];
+        a[(size_t)c * stride] = sum;
+        sum -= line[c - h];
+    }
+}
+
+/* v * R / 2^36 rounded to the nearest, halves away from zero, for |v| * R < 2^64 (a division by a
+ * constant as a multiplication: R = 2^36 / d). */
+static int64_t mul_q36(int64_t v, uint64_t R) {
+    uint64_t m = ((v >= 0 ? (uint64_t)v : (uint64_t)0 - (uint64_t)v) * R + (1ull << 35)) >> 36;
+    return v >= 0 ? (int64_t)m : -(int64_t)m;
+}
+
+/* floor(v / 256) for any sign (C's division truncates, and >> of a negative value is
+ * implementation-defined). */
+static int floor256(int v) { return v >= 0 ? v / 256 : -((-v + 255) / 256); }
+
+void tsr_glyphs_elastic(uint8_t *img, int size, int alpha, uint64_t seed) {
+    if (!img || size < 1 || alpha <= 0) return;
+    if (alpha >= (1 << 26)) alpha = (1 << 26) - 1; /* 2^18 pixels: far beyond any image */
+    /* each field on a (size + 6h)^2 grid, so that the three passes in each direction leave exactly
+     * the size x size middle with full support: no edge effects */
+    int h = size / 8, G = size + 6 * h;
+    int64_t w3 = (int64_t)(2 * h + 1) * (2 * h + 1) * (2 * h + 1);
+    size_t gn = (size_t)G * (size_t)G;
+    int64_t *f = tsr_malloc(2 * gn * sizeof *f);
+    int64_t *line = tsr_malloc((size_t)G * sizeof *line);
+    uint8_t *src = tsr_malloc((size_t)size * (size_t)size);
+    tsr_rng r;
+    tsr_rng_seed(&r, seed);
+    for (size_t i = 0; i < 2 * gn; i += 4) {
+        uint64_t b = tsr_rng_u64(&r);
+        for (size_t k = 0; k < 4 && i + k < 2 * gn; k++) f[i + k] = (int64_t)((b >> (16 * k)) & 0xFFFF) - 32768;
+    }
+    int m0 = 3 * h, m1 = G - 3 * h; /* the middle: [m0, m1) = size */
+    /* the means after the three x passes: sums / w^3; |sum| <= 2^15 w^3, so |sum| * R1 <= 2^51 */
+    uint64_t R1 = (1ull << 36) / (uint64_t)w3;
+    /* the displacement in 1/256 pixel after the y passes: alpha (8.8 px) times the smoothed noise in
+     * [-1, 1): sum * alpha / (2^15 w^3); |sum| * R2 <= alpha * 2^36 < 2^63 for any alpha < 2^27 */
+    uint64_t R2 = ((uint64_t)alpha << 21) / (uint64_t)w3;
+    for (int fi = 0; fi < 2; fi++) {
+        int64_t *a = f + (size_t)fi * gn;
+        for (int p = 0; p < 3; p++)
+            for (int y = 0; y < G; y++) box_pass(a + (size_t)y * G, 1, p * h, G - p * h, h, line);
+        for (int y = 0; y < G; y++)
+            for (int x = m0; x < m1; x++) a[(size_t)y * G + x] = mul_q36(a[(size_t)y * G + x], R1);
+        for (int p = 0; p < 3; p++)
+            for (int x = m0; x < m1; x++) box_pass(a + x, (size_t)G, p * h, G - p * h, h, line);
+        for (int y = m0; y < m1; y++)
+            for (int x = m0; x < m1; x++) a[(size_t)y * G + x] = mul_q36(a[(size_t)y * G + x], R2);
+    }
+    memcpy(src, img, (size_t)size * (size_t)size);
+    for (int y = 0; y < size; y++)
+        for (int x = 0; x < size; x++) {
+            size_t gi = (size_t)(y + m0) * G + (size_t)(x + m0);
+            int px = x * 256 + (int)f[gi], py = y * 256 + (int)f[gn + gi];
+            int ix = floor256(px), iy = floor256(py);
+            uint32_t fx = (uint32_t)(px - ix * 256), fy = (uint32_t)(py - iy * 256);
+            uint32_t v[4] = {0, 0, 0, 0};
+            for (int q = 0; q < 4; q++) {
+                int xx = ix + (q & 1), yy = iy + (q >> 1);
+                if (xx >= 0 && xx < size && yy >= 0 && yy < size) v[q] = src[(size_t)yy * size + xx];
+            }
+            uint32_t acc = (256 - fx) * (256 - fy) * v[0] + fx * (256 - fy) * v[1] + (256 - fx) * fy * v[2] +
+                           fx * fy * v[3];
+            img[(size_t)y * size + x] = (uint8_t)((acc + 32768) >> 16);
+        }
+    free(f);
+    free(line);
+    free(src);
+}
+
+/* The pixel part of a: elastic distortion, then a separable [w, 256-2w, w] / 256 blur with black
+ * outside, then clipped noise: the sum of four random bytes (standard deviation 147.8) scaled to
+ * a->noise_amp grey levels. Integer only. */
+static void degrade(uint8_t *img, int size, const tsr_glyph_aug *a, int *tmp) {
+    if (a->elastic_alpha > 0) tsr_glyphs_elastic(img, size, a->elastic_alpha, a->seed);
+    if (a->blur_w > 0) {
+        int w = a->blur_w, c = 256 - 2 * w;
         for (int y = 0; y < size; y++)
             for (int x = 0; x < size; x++) {
                 const uint8_t *row = img + (size_t)y * size;
@@ -556,17 +716,36 @@ static void degrade(uint8_t *img, int size, const jitter_t *j, tsr_rng *r, int *
                 img[(size_t)y * size + x] = (uint8_t)(v > 255 ? 255 : v);
             }
     }
-    if (j->noise_amp > 0) {
+    if (a->noise_amp > 0) {
+        tsr_rng r;
+        tsr_rng_seed(&r, mix(a->seed, 1));
         for (int i = 0; i < size * size; i++) {
-            uint64_t b = tsr_rng_u64(r);
+            uint64_t b = tsr_rng_u64(&r);
             int sum = (int)(b & 0xFF) + (int)((b >> 8) & 0xFF) + (int)((b >> 16) & 0xFF) + (int)((b >> 24) & 0xFF);
-            int v = img[i] + (sum - 510) * j->noise_amp / 148;
+            int v = img[i] + (sum - 510) * a->noise_amp / 148;
             img[i] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
         }
     }
 }
 
-int tsr_glyphs_render_char(const char *font_path, uint32_t cp, int size, uint8_t *img) {
+/* A whole rendering: geometry, then pixels. When the geometry leaves nothing (a thinned stroke, a
+ * glyph pushed out of the picture), the stroke change and the translation are dropped. Returns as
+ * render_glyph. */
+static int render_aug(FT_Library lib, FT_Face face, FT_UInt gi, int size, const tsr_glyph_aug *a, uint8_t *img,
+                      int *tmp) {
+    int rr = render_glyph(lib, face, gi, size, a, img);
+    if (rr == 1) {
+        tsr_glyph_aug a2 = *a;
+        a2.embolden_pm = 0;
+        a2.dx = a2.dy = 0;
+        rr = render_glyph(lib, face, gi, size, &a2, img);
+    }
+    if (rr >= 0) degrade(img, size, a, tmp);
+    return rr;
+}
+
+int tsr_glyphs_render_char_aug(const char *font_path, uint32_t cp, int size, const tsr_glyph_aug *aug,
+                               uint8_t *img) {
     if (!font_path || !img || size < 1 || size > 1024)
         return tsr_error("glyph rendering: bad arguments (font %s, size %d)", font_path ? font_path : "NULL", size);
     FT_Library lib;
@@ -577,7 +756,9 @@ int tsr_glyphs_render_char(const char *font_path, uint32_t cp, int size, uint8_t
         FT_UInt gi = FT_Get_Char_Index(face, cp);
         if (gi == 0) rc = tsr_error("%s: no glyph for U+%04" PRIX32, font_path, cp);
         else {
-            rc = render_glyph(lib, face, gi, size, &NO_JITTER, img);
+            int *tmp = tsr_malloc((size_t)size * (size_t)size * sizeof *tmp);
+            rc = aug ? render_aug(lib, face, gi, size, aug, img, tmp) : render_glyph(lib, face, gi, size, &NO_AUG, img);
+            free(tmp);
             if (rc == 1) rc = tsr_error("%s: the glyph of U+%04" PRIX32 " is empty", font_path, cp);
             else if (rc < 0) tsr_error_context("%s, U+%04" PRIX32, font_path, cp);
         }
@@ -585,6 +766,10 @@ int tsr_glyphs_render_char(const char *font_path, uint32_t cp, int size, uint8_t
     }
     FT_Done_FreeType(lib);
     return rc;
+}
+
+int tsr_glyphs_render_char(const char *font_path, uint32_t cp, int size, uint8_t *img) {
+    return tsr_glyphs_render_char_aug(font_path, cp, size, NULL, img);
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -647,7 +832,7 @@ static int scan(const tsr_glyph_opts *o, const tsr_glyph_script *s, tsr_glyph_ta
                     break;
                 }
                 uint8_t *dst = f == 0 ? ref + (size_t)t->num_classes * npx : img;
-                int r = render_glyph(lib, faces[f], gi, size, &NO_JITTER, dst);
+                int r = render_glyph(lib, faces[f], gi, size, &NO_AUG, dst);
                 if (r < 0) {
                     tsr_error_context("%s, U+%04" PRIX32, t->fonts[f], cp);
                     rc = -1;
@@ -707,6 +892,20 @@ static int open_task(const tsr_glyph_opts **o, tsr_glyph_opts *def, const tsr_gl
     if (check_opts(*o) != 0) return -1;
     if (FT_Init_FreeType(lib)) return tsr_error("glyph suite: FreeType initialisation failed");
     int rc = scan(*o, s, t, *lib, faces);
+    /* the renderings per class of the script's role */
+    t->role = tsr_glyph_role_of(*o, s->name);
+    if (t->role == TSR_GLYPH_NO_ROLE) {
+        t->examples = (*o)->examples;
+        t->n_val = (*o)->n_val;
+        t->n_test = (*o)->n_test;
+        t->plain_test = 0;
+    } else {
+        const tsr_glyph_counts *c = &(*o)->counts[t->role];
+        t->examples = c->train + c->val + c->test;
+        t->n_val = c->val;
+        t->n_test = c->test;
+        t->plain_test = c->plain_test && c->test > 0;
+    }
     if (rc != 0) {
         FT_Done_FreeType(*lib);
         if (rc < 0) tsr_error_context("glyph suite, script '%s'", s->name);
@@ -732,7 +931,10 @@ int tsr_glyphs_render_task(const tsr_glyph_opts *o, const tsr_glyph_script *s, t
     FT_Face *faces;
     int rc = open_task(&o, &def, s, t, &lib, &faces);
     if (rc != 0) return rc;
-    int size = o->image_size, E = o->examples;
+    int size = o->image_size, E = t->examples, NV = t->n_val, NT = t->n_test;
+    /* plain test renderings: renderings 0 .. NT-1 of each class, clean, fonts 0, 1, ... in turn; the
+     * others (NA of them) are augmented */
+    int plain = t->plain_test, NA = plain ? E - NT : E;
     size_t npx = (size_t)size * (size_t)size;
     t->n = (int64_t)t->num_classes * E;
     t->images = tsr_malloc((size_t)t->n * npx);
@@ -745,42 +947,41 @@ int tsr_glyphs_render_task(const tsr_glyph_opts *o, const tsr_glyph_script *s, t
         uint64_t class_key = mix(task_key, (uint64_t)c);
         tsr_rng cr;
         tsr_rng_seed(&cr, class_key);
-        /* fonts: round robin from a random first one; split: a random permutation of the examples */
-        int f0 = (int)rand_int(&cr, 0, t->nfonts - 1);
-        for (int e = 0; e < E; e++) perm[e] = e;
-        for (int e = E - 1; e > 0; e--) {
-            int k = (int)rand_int(&cr, 0, e), x = perm[e];
-            perm[e] = perm[k];
+        /* fonts: round robin from a random first one; split: a random permutation of the augmented
+         * renderings (the first NT are test unless they are plain, the next NV val, the rest train) */
+        int f0 = (int)rand_int(&cr, 0, t->nfonts - 1), e0 = E - NA;
+        for (int q = 0; q < NA; q++) perm[q] = e0 + q;
+        for (int q = NA - 1; q > 0; q--) {
+            int k = (int)rand_int(&cr, 0, q), x = perm[q];
+            perm[q] = perm[k];
             perm[k] = x;
         }
-        for (int q = 0; q < E; q++) {
-            int e = perm[q];
-            int64_t idx = (int64_t)c * E + e;
+        for (int e = 0; e < e0; e++) {
+            t->labels[(int64_t)c * E + e] = c;
+            t->split[(int64_t)c * E + e] = 2;
+        }
+        for (int q = 0; q < NA; q++) {
+            int64_t idx = (int64_t)c * E + perm[q];
+            int qq = plain ? q + NT : q;
             t->labels[idx] = c;
-            t->split[idx] = (int8_t)(q < o->n_test ? 2 : q < o->n_test + o->n_val ? 1 : 0);
+            t->split[idx] = (int8_t)(qq < NT ? 2 : qq < NT + NV ? 1 : 0);
         }
         for (int e = 0; e < E; e++) {
             int64_t idx = (int64_t)c * E + e;
             uint8_t *img = t->images + (size_t)idx * npx;
-            int f = (f0 + e) % t->nfonts;
-            tsr_rng r;
-            tsr_rng_seed(&r, mix(class_key, 0x100000000ull + (uint64_t)e));
-            jitter_t j = NO_JITTER;
-            if (o->jitter) draw_jitter(&r, size, &j);
-            FT_UInt gi = FT_Get_Char_Index(faces[f], t->codepoints[c]);
-            int rr = render_glyph(lib, faces[f], gi, size, &j, img);
-            if (rr == 1) { /* thinned or pushed out of the picture: fall back to the clean stroke */
-                jitter_t j2 = j;
-                j2.embolden_pm = 0;
-                j2.dx = j2.dy = 0;
-                rr = render_glyph(lib, faces[f], gi, size, &j2, img);
+            int f = e < e0 ? e % t->nfonts : (f0 + e - e0) % t->nfonts;
+            tsr_glyph_aug a = NO_AUG;
+            if (o->jitter && e >= e0) {
+                tsr_rng r;
+                tsr_rng_seed(&r, mix(class_key, 0x100000000ull + (uint64_t)e));
+                draw_aug(&r, size, o->elastic, &a);
             }
-            if (rr < 0) {
+            FT_UInt gi = FT_Get_Char_Index(faces[f], t->codepoints[c]);
+            if (render_aug(lib, faces[f], gi, size, &a, img, tmp) < 0) {
                 tsr_error_context("%s, U+%04" PRIX32, t->fonts[f], t->codepoints[c]);
                 rc = -1;
                 break;
             }
-            degrade(img, size, &j, &r, tmp);
         }
     }
     free(tmp);
@@ -899,14 +1100,18 @@ int tsr_glyphs_build(const tsr_glyph_opts *o, const char *out_path) {
     int rc = 0, ntasks = 0, nclasses = 0;
     int64_t nex = 0;
     sbuf dropped = {0}, task_fonts = {0}, fonts = {0}, pkgs = {0}, opts_s = {0}, seed_s = {0}, ft_s = {0},
-         title = {0}, source = {0}, split_s = {0};
+         title = {0}, source = {0}, split_s = {0}, roles_s = {0}, counts_s = {0}, aug_s = {0};
     for (int i = 0; i < nsel && rc == 0; i++) {
         if (status[i] < 0) {
             rc = tsr_error("%s", errs[i]);
         } else if (status[i] == 1) {
+            int role = tsr_glyph_role_of(o, sel[i]->name);
             if (o->nscripts > 0)
                 rc = tsr_error("glyph suite: script '%s' was asked for but cannot be built: %s", sel[i]->name,
                                tasks[i].reason);
+            else if (role != TSR_GLYPH_NO_ROLE)
+                rc = tsr_error("glyph suite: script '%s' (suite.%s in %s) cannot be built: %s", sel[i]->name,
+                               ROLE_NAMES[role], roles_file(o), tasks[i].reason);
             sb_add(&dropped, "%s%s: %s", dropped.n ? "\n" : "", sel[i]->name, tasks[i].reason);
         } else {
             ntasks++;
@@ -972,11 +1177,48 @@ int tsr_glyphs_build(const tsr_glyph_opts *o, const char *out_path) {
         sb_add(&ft_s, "%d.%d.%d", ma, mi, pa);
         debian_packages(dirs, &pkgs);
         sb_add(&seed_s, "%" PRIu64, o->seed);
+        int have_roles = 0;
+        for (int r = 1; r < TSR_GLYPH_NROLES; r++) have_roles |= o->role_n[r] > 0;
         sb_add(&opts_s, "image_size=%d channels=1 max_classes=%d min_classes=%d examples=%d n_val=%d n_test=%d "
-               "jitter=%d", o->image_size, o->max_classes, o->min_classes, o->examples, o->n_val, o->n_test,
-               o->jitter);
-        sb_add(&split_s, "per class, chosen at random: %d train (split 0), %d val (split 1), %d test (split 2)",
-               o->examples - o->n_val - o->n_test, o->n_val, o->n_test);
+               "jitter=%d elastic=%d roles=%s", o->image_size, o->max_classes, o->min_classes, o->examples,
+               o->n_val, o->n_test, o->jitter, o->elastic, have_roles ? roles_file(o) : "none");
+        /* per role: its tasks in the file, and the renderings per class */
+        for (int r = have_roles ? 1 : 0; r < TSR_GLYPH_NROLES; r++) {
+            int nt = 0;
+            for (int i = 0; i < nsel; i++)
+                if (status[i] == 0 && tasks[i].role == r) nt++;
+            if (r == TSR_GLYPH_NO_ROLE && nt == 0) continue;
+            sb_add(&roles_s, "%s%s:", roles_s.n ? "\n" : "", ROLE_NAMES[r]);
+            for (int i = 0; i < nsel; i++)
+                if (status[i] == 0 && tasks[i].role == r) sb_add(&roles_s, " %s", sel[i]->name);
+            int tr = r ? o->counts[r].train : o->examples - o->n_val - o->n_test;
+            int va = r ? o->counts[r].val : o->n_val, te = r ? o->counts[r].test : o->n_test;
+            int plain = r && o->counts[r].plain_test && te > 0;
+            sb_add(&counts_s, "%s%s (%d tasks): %d train, %d val, %d test renderings per class; %s", counts_s.n ? "\n" : "",
+                   ROLE_NAMES[r], nt, tr, va, te,
+                   !o->jitter ? "every rendering clean (jitter=0)"
+                   : plain   ? "test renderings plain (clean, centred, fonts in turn, the same for every seed), "
+                               "train and val augmented"
+                             : "every split augmented");
+        }
+        sb_add(&split_s, "per class: the test renderings are the first ones when plain, else drawn at random; "
+               "of the augmented renderings, a random permutation picks the test, then val, then train ones "
+               "(counts per role in glyph_counts)");
+        {
+            int w = 2 * (o->image_size / 8) + 1;
+            sb_add(&aug_s, "fonts: round robin over the task's fonts from a random first one; rotation +-%d deg; "
+                   "scale %.2f..%.2f; aspect +-%.2f; shear +-%.2f; translation +-%.2f px (1/%d of the side); "
+                   "stroke %+d..%+d per mille of the glyph's larger side (FT_Outline_EmboldenXY; no thinning of faces "
+                   "of weight class below 350); elastic "
+                   "distortion %s: uniform noise smoothed by 3 box passes of width %d (sigma %.2f px), alpha "
+                   "%.1f..%.1f px, bilinear resampling; blur [w,1-2w,w] with w 1/16..3/16 half of the time; "
+                   "noise sd 0..8 grey levels",
+                   AUG_ROT_DEG, AUG_SCALE_LO / 65536.0, AUG_SCALE_HI / 65536.0, AUG_ASPECT / 65536.0,
+                   AUG_SHEAR / 65536.0, (double)(o->image_size * 64 / AUG_SHIFT_DIV) / 64.0, AUG_SHIFT_DIV, AUG_BOLD_LO,
+                   AUG_BOLD_HI, o->elastic ? "on" : "off", w, sqrt((w * w - 1) / 4.0),
+                   elastic_alpha_at(AUG_ELASTIC_LO, o->image_size) / 256.0,
+                   elastic_alpha_at(AUG_ELASTIC_HI, o->image_size) / 256.0);
+        }
         sb_add(&title, "tessera glyph suite: %d writing systems, %d characters", ntasks, nclasses);
         sb_add(&source, "Characters of %d writing systems rendered with FreeType %s (src/data/glyphs.c) from "
                "the font files in glyph_fonts; Debian packages: ", ntasks, sb_str(&ft_s));
@@ -985,10 +1227,12 @@ int tsr_glyphs_build(const tsr_glyph_opts *o, const char *out_path) {
             else sb_add(&source, "%c", *q);
         }
         if (!dropped.n) sb_add(&dropped, "none");
-        const char *keys[] = {"glyph_seed", "glyph_options", "glyph_split", "glyph_font_dir", "glyph_fonts",
+        const char *keys[] = {"glyph_suite_version", "glyph_seed", "glyph_options", "glyph_roles", "glyph_counts",
+                              "glyph_split", "glyph_augmentation", "glyph_font_dir", "glyph_fonts",
                               "glyph_task_fonts", "glyph_dropped", "glyph_packages", "freetype_version"};
-        const char *vals[] = {sb_str(&seed_s), sb_str(&opts_s), sb_str(&split_s), dirs, sb_str(&fonts),
-                              sb_str(&task_fonts), sb_str(&dropped), sb_str(&pkgs), sb_str(&ft_s)};
+        const char *vals[] = {"2", sb_str(&seed_s), sb_str(&opts_s), sb_str(&roles_s), sb_str(&counts_s),
+                              sb_str(&split_s), sb_str(&aug_s), dirs, sb_str(&fonts), sb_str(&task_fonts),
+                              sb_str(&dropped), sb_str(&pkgs), sb_str(&ft_s)};
         tsr_suite_prov prov = {
             .title = sb_str(&title),
             .source = sb_str(&source),
@@ -1018,7 +1262,8 @@ int tsr_glyphs_build(const tsr_glyph_opts *o, const char *out_path) {
     free(status);
     free(errs);
     free(sel);
-    sbuf *bufs[] = {&dropped, &task_fonts, &fonts, &pkgs, &opts_s, &seed_s, &ft_s, &title, &source, &split_s};
+    sbuf *bufs[] = {&dropped, &task_fonts, &fonts, &pkgs, &opts_s, &seed_s, &ft_s, &title, &source, &split_s,
+                    &roles_s, &counts_s, &aug_s};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]->s);
     return rc;
 }

@@ -1,11 +1,14 @@
 /* test_glyphs.c: the glyph suite generator (src/data/glyphs.c).
  *
- * Needs Debian's fonts-noto-core (/usr/share/fonts/truetype/noto, installed by scripts/setup.sh).
- * Checks: one clean rendering (non-empty, upright, centred); the script table (names, ranges, at least
- * 40 usable scripts on this machine); the roles of configs/glyphs.yaml; the class / split layout of a task; determinism (same seed: same
- * pixels, whether built alone, twice, or through the suite file; another seed: other pixels); refusals
- * (missing font directory or font file, bad options, unknown script). Files go to a mkdtemp directory
- * under /tmp; the group teardown removes it and fails if anything was left. */
+ * Needs Debian's fonts-noto-core and fonts-noto-extra (/usr/share/fonts/truetype/noto, installed by
+ * scripts/setup.sh). Checks: one clean rendering (non-empty, upright, centred); the script table (names,
+ * ranges, at least 40 usable scripts on this machine); the roles of configs/glyphs.yaml; the class /
+ * split layout of a task; determinism (same seed: same pixels, whether built alone, twice, or through
+ * the suite file; another seed: other pixels); the augmentation (emboldening adds ink, elastic
+ * distortion moves pixels but keeps the mass, with the documented spread); suite v2's roles (renderings
+ * per role and split, plain test renderings that do not change with the seed, the attributes);
+ * refusals (missing font directory or font file, bad options, unknown script, bad role lists). Files go
+ * to a mkdtemp directory under /tmp; the group teardown removes it and fails if anything was left. */
 #define _POSIX_C_SOURCE 200809L
 #include <setjmp.h>
 #include <stdarg.h>
@@ -14,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -261,10 +265,11 @@ static void test_task_layout(void **state) {
             assert_int_equal(t.labels[k], c);
             assert_in_range(t.split[k], 0, 2);
             cnt[t.split[k]]++;
-            /* every rendering has ink */
+            /* every rendering has ink: at least 10 white pixels' worth (a sum: the strokes of the Thin
+             * faces are a fraction of a pixel wide and never reach white) */
             long ink = 0;
-            for (int i = 0; i < 28 * 28; i++) ink += t.images[k * 784 + i] >= 128;
-            assert_true(ink >= 10);
+            for (int i = 0; i < 28 * 28; i++) ink += t.images[k * 784 + i];
+            assert_true(ink >= 10 * 255);
         }
         assert_int_equal(cnt[0], 12);
         assert_int_equal(cnt[1], 3);
@@ -397,6 +402,332 @@ static void test_determinism_file(void **state) {
     assert_int_equal(unlink(p2), 0);
 }
 
+/* ------------------------------------------------------------------ augmentation */
+
+static long ink_of(const uint8_t *img, int n) {
+    long s = 0;
+    for (int i = 0; i < n; i++) s += img[i];
+    return s;
+}
+
+/* FreeType emboldening: a positive stroke change adds ink, a negative one removes it, except on a
+ * light face (weight class below 350), which is never thinned. */
+static void test_embolden_ink(void **state) {
+    (void)state;
+    enum { S = 28 };
+    uint8_t clean[S * S], bold[S * S], thin[S * S];
+    tsr_glyph_aug a;
+    tsr_glyph_aug_clean(&a);
+    assert_int_equal(tsr_glyphs_render_char_aug(NOTO "/NotoSans-Regular.ttf", 'A', S, &a, clean), 0);
+    uint8_t plain[S * S];
+    assert_int_equal(tsr_glyphs_render_char(NOTO "/NotoSans-Regular.ttf", 'A', S, plain), 0);
+    assert_memory_equal(clean, plain, sizeof clean); /* the clean augmentation is the identity */
+    a.embolden_pm = 40;
+    assert_int_equal(tsr_glyphs_render_char_aug(NOTO "/NotoSans-Regular.ttf", 'A', S, &a, bold), 0);
+    a.embolden_pm = -15;
+    assert_int_equal(tsr_glyphs_render_char_aug(NOTO "/NotoSans-Regular.ttf", 'A', S, &a, thin), 0);
+    long c = ink_of(clean, S * S), b = ink_of(bold, S * S), t = ink_of(thin, S * S);
+    print_message("  ink of A: clean %ld, stroke +40/1000 %ld, -15/1000 %ld\n", c / 255, b / 255, t / 255);
+    assert_true(b > c * 115 / 100); /* +4 % of the larger side: about +0.75 px of stroke at 28 px */
+    assert_true(t < c * 95 / 100);
+    assert_true(t > c / 2);
+    /* a Thin face is not thinned (fonts-noto-extra) */
+    const char *thin_face = NOTO "/NotoSans-Thin.ttf";
+    if (access(thin_face, R_OK) != 0) {
+        print_error("%s not found: install fonts-noto-extra (scripts/setup.sh)\n", thin_face);
+        fail();
+    }
+    uint8_t t0[S * S], t1[S * S];
+    a.embolden_pm = 0;
+    assert_int_equal(tsr_glyphs_render_char_aug(thin_face, 'A', S, &a, t0), 0);
+    a.embolden_pm = -15;
+    assert_int_equal(tsr_glyphs_render_char_aug(thin_face, 'A', S, &a, t1), 0);
+    assert_memory_equal(t0, t1, sizeof t0);
+    a.embolden_pm = 40;
+    assert_int_equal(tsr_glyphs_render_char_aug(thin_face, 'A', S, &a, t1), 0);
+    assert_true(ink_of(t1, S * S) > ink_of(t0, S * S) * 115 / 100);
+}
+
+/* Elastic distortion: moves pixels, keeps the glyph's mass (on average: a smooth field stretches and
+ * squeezes strokes locally, so one image's mass changes by up to about a third at alpha 20) and its
+ * place (roughly: the field also shifts the glyph as a whole a little); the same seed gives the same
+ * field; the displacement has the documented spread (0.0458 alpha
+ * per axis at 28 px). */
+static void test_elastic(void **state) {
+    (void)state;
+    enum { S = 28 };
+    uint8_t clean[S * S], a1[S * S], a2[S * S], b1[S * S];
+    assert_int_equal(tsr_glyphs_render_char(NOTO "/NotoSans-Regular.ttf", 'A', S, clean), 0);
+    int changed_min = S * S;
+    long mass0 = ink_of(clean, S * S);
+    double ratio_sum = 0;
+    for (uint64_t seed = 1; seed <= 40; seed++) {
+        memcpy(a1, clean, sizeof a1);
+        tsr_glyphs_elastic(a1, S, 20 * 256, seed);
+        int changed = 0;
+        for (int i = 0; i < S * S; i++) changed += abs((int)a1[i] - (int)clean[i]) > 32;
+        if (changed < changed_min) changed_min = changed;
+        long m = ink_of(a1, S * S);
+        ratio_sum += (double)m / (double)mass0;
+        /* each image's mass within -40 % .. +50 % */
+        if (m * 100 < mass0 * 60 || m * 100 > mass0 * 150)
+            print_error("seed %d: mass %ld against %ld\n", (int)seed, m, mass0);
+        assert_true(m * 100 >= mass0 * 60 && m * 100 <= mass0 * 150);
+        /* the centre of mass within 2.5 px (the field is smooth over the glyph: at most 2.3 px in 400
+         * seeds here) */
+        long sx0 = 0, sy0 = 0, sx = 0, sy = 0;
+        for (int y = 0; y < S; y++)
+            for (int x = 0; x < S; x++) {
+                sx0 += (long)clean[y * S + x] * x;
+                sy0 += (long)clean[y * S + x] * y;
+                sx += (long)a1[y * S + x] * x;
+                sy += (long)a1[y * S + x] * y;
+            }
+        assert_true(labs(sx * mass0 - sx0 * m) * 2 <= 5 * m * mass0);
+        assert_true(labs(sy * mass0 - sy0 * m) * 2 <= 5 * m * mass0);
+    }
+    print_message("  elastic alpha 20 px: at least %d of %d pixels change by more than 32; mass ratio %.3f on "
+                  "average\n", changed_min, S * S, ratio_sum / 40);
+    assert_true(changed_min >= 20);
+    /* the mass on average within 5 % */
+    assert_true(ratio_sum / 40 > 0.95 && ratio_sum / 40 < 1.05);
+    /* the same seed: the same pixels; another seed: others; alpha 0: none */
+    memcpy(a1, clean, sizeof a1);
+    memcpy(a2, clean, sizeof a2);
+    memcpy(b1, clean, sizeof b1);
+    tsr_glyphs_elastic(a1, S, 20 * 256, 5);
+    tsr_glyphs_elastic(a2, S, 20 * 256, 5);
+    tsr_glyphs_elastic(b1, S, 20 * 256, 6);
+    assert_memory_equal(a1, a2, sizeof a1);
+    assert_memory_not_equal(a1, b1, sizeof a1);
+    memcpy(a1, clean, sizeof a1);
+    tsr_glyphs_elastic(a1, S, 0, 5);
+    assert_memory_equal(a1, clean, sizeof a1);
+
+    /* bilinear resampling is exact on a linear ramp, so a ramp 8 x reads the x displacement in 1/8
+     * pixel; a constant block keeps its value exactly away from its edges */
+    uint8_t ramp[S * S];
+    double ss = 0;
+    long cnt = 0;
+    int maxd = 0;
+    for (uint64_t seed = 1; seed <= 40; seed++) {
+        for (int y = 0; y < S; y++)
+            for (int x = 0; x < S; x++) ramp[y * S + x] = (uint8_t)(8 * x);
+        tsr_glyphs_elastic(ramp, S, 20 * 256, seed);
+        for (int y = 6; y < S - 6; y++) /* away from the black outside */
+            for (int x = 6; x < S - 6; x++) {
+                int d = (int)ramp[y * S + x] - 8 * x; /* 8 * displacement, rounded */
+                ss += (double)d * d / 64.0;
+                cnt++;
+                if (abs(d) > maxd) maxd = abs(d);
+            }
+    }
+    double rms = sqrt(ss / (double)cnt);
+    print_message("  elastic alpha 20 px: rms x displacement %.3f px (documented 0.0458 alpha = %.3f), max %.2f px\n",
+                  rms, 0.0458 * 20, maxd / 8.0);
+    assert_true(rms > 0.0458 * 20 * 0.8 && rms < 0.0458 * 20 * 1.2);
+    uint8_t block[S * S];
+    memset(block, 0, sizeof block);
+    for (int y = 4; y < 24; y++)
+        for (int x = 4; x < 24; x++) block[y * S + x] = 200;
+    tsr_glyphs_elastic(block, S, 20 * 256, 9);
+    for (int y = 11; y < 17; y++)
+        for (int x = 11; x < 17; x++) assert_int_equal(block[y * S + x], 200);
+}
+
+/* ------------------------------------------------------------------ roles */
+
+/* Roles of the small role tests: latin is a source script, old-permic a training one, gothic a
+ * validation one and ogham a held-out one. */
+static const char *R_SOURCE[] = {"latin"}, *R_TRAIN[] = {"old-permic"}, *R_VAL[] = {"gothic"},
+                  *R_HELDOUT[] = {"ogham"};
+
+static void role_opts(tsr_glyph_opts *o, uint64_t seed) {
+    tsr_glyph_opts_init(o);
+    o->max_classes = 10;
+    o->seed = seed;
+    o->command = "test_glyphs roles";
+    o->roles_file = "test-roles.yaml";
+    o->role_n[TSR_GLYPH_SOURCE] = 1;
+    o->role_scripts[TSR_GLYPH_SOURCE] = R_SOURCE;
+    o->role_n[TSR_GLYPH_TRAIN] = 1;
+    o->role_scripts[TSR_GLYPH_TRAIN] = R_TRAIN;
+    o->role_n[TSR_GLYPH_VAL] = 1;
+    o->role_scripts[TSR_GLYPH_VAL] = R_VAL;
+    o->role_n[TSR_GLYPH_HELDOUT] = 1;
+    o->role_scripts[TSR_GLYPH_HELDOUT] = R_HELDOUT;
+    o->counts[TSR_GLYPH_SOURCE] = (tsr_glyph_counts){6, 2, 3, 0};
+    o->counts[TSR_GLYPH_TRAIN] = (tsr_glyph_counts){4, 1, 1, 0};
+    o->counts[TSR_GLYPH_VAL] = (tsr_glyph_counts){3, 1, 4, 1};
+    o->counts[TSR_GLYPH_HELDOUT] = (tsr_glyph_counts){3, 2, 5, 1};
+}
+
+static void test_role_defaults(void **state) {
+    (void)state;
+    tsr_glyph_opts o;
+    tsr_glyph_opts_init(&o);
+    /* the documented defaults: source 100/10/10, train 40/5/5, val and heldout 20/5/10, plain tests */
+    const int want[TSR_GLYPH_NROLES][4] = {{0}, {100, 10, 10, 0}, {40, 5, 5, 0}, {20, 5, 10, 1}, {20, 5, 10, 1}};
+    for (int r = 1; r < TSR_GLYPH_NROLES; r++) {
+        assert_int_equal(o.counts[r].train, want[r][0]);
+        assert_int_equal(o.counts[r].val, want[r][1]);
+        assert_int_equal(o.counts[r].test, want[r][2]);
+        assert_int_equal(o.counts[r].plain_test, want[r][3]);
+        assert_int_equal(o.role_n[r], 0);
+    }
+    assert_string_equal(tsr_glyph_role_name(TSR_GLYPH_HELDOUT), "heldout");
+    assert_null(tsr_glyph_role_name(TSR_GLYPH_NROLES));
+    role_opts(&o, 0);
+    assert_int_equal(tsr_glyph_role_of(&o, "gothic"), TSR_GLYPH_VAL);
+    assert_int_equal(tsr_glyph_role_of(&o, "greek"), TSR_GLYPH_NO_ROLE);
+}
+
+/* Per-role renderings and splits; the plain test renderings of the val and heldout roles are clean
+ * renderings going round the fonts and do not change with the seed; everything else does. */
+static void test_roles_memory(void **state) {
+    (void)state;
+    tsr_glyph_opts a, b;
+    role_opts(&a, 7);
+    role_opts(&b, 8);
+    const char *names[] = {"latin", "old-permic", "gothic", "ogham", "greek"};
+    const int role[] = {TSR_GLYPH_SOURCE, TSR_GLYPH_TRAIN, TSR_GLYPH_VAL, TSR_GLYPH_HELDOUT, TSR_GLYPH_NO_ROLE};
+    for (int k = 0; k < 5; k++) {
+        tsr_glyph_task t1, t2;
+        assert_int_equal(tsr_glyphs_render_task(&a, tsr_glyph_script_find(names[k]), &t1), 0);
+        assert_int_equal(tsr_glyphs_render_task(&b, tsr_glyph_script_find(names[k]), &t2), 0);
+        assert_int_equal(t1.role, role[k]);
+        int tr, va, te, plain;
+        if (role[k] == TSR_GLYPH_NO_ROLE) {
+            tr = a.examples - a.n_val - a.n_test, va = a.n_val, te = a.n_test, plain = 0;
+        } else {
+            tr = a.counts[role[k]].train, va = a.counts[role[k]].val, te = a.counts[role[k]].test;
+            plain = a.counts[role[k]].plain_test;
+        }
+        int E = tr + va + te;
+        assert_int_equal(t1.examples, E);
+        assert_int_equal(t1.n, (int64_t)t1.num_classes * E);
+        assert_int_equal(t1.plain_test, plain);
+        assert_memory_equal(t1.labels, t2.labels, (size_t)t1.n * sizeof *t1.labels);
+        size_t npx = 28 * 28;
+        int test_same = 0, test_n = 0, train_diff = 0, train_n = 0;
+        for (int c = 0; c < t1.num_classes; c++) {
+            int cnt[3] = {0, 0, 0};
+            for (int e = 0; e < E; e++) {
+                int64_t i = (int64_t)c * E + e;
+                assert_int_equal(t1.labels[i], c);
+                cnt[t1.split[i]]++;
+                if (plain) assert_int_equal(t1.split[i] == 2, e < te);
+                const uint8_t *p1 = t1.images + (size_t)i * npx, *p2 = t2.images + (size_t)i * npx;
+                if (t1.split[i] == 2) {
+                    test_n++;
+                    test_same += memcmp(p1, p2, npx) == 0;
+                }
+                if (t1.split[i] == 0) {
+                    train_n++;
+                    train_diff += memcmp(p1, p2, npx) != 0;
+                }
+                if (plain && e < te) { /* clean rendering in font e mod nfonts */
+                    uint8_t want[28 * 28];
+                    assert_int_equal(tsr_glyphs_render_char(t1.fonts[e % t1.nfonts], t1.codepoints[c], 28, want), 0);
+                    assert_memory_equal(p1, want, npx);
+                }
+            }
+            assert_int_equal(cnt[0], tr);
+            assert_int_equal(cnt[1], va);
+            assert_int_equal(cnt[2], te);
+        }
+        /* training renderings always change with the seed; test renderings only when augmented */
+        assert_int_equal(train_diff, train_n);
+        assert_int_equal(test_same, plain ? test_n : 0);
+        tsr_glyph_task_free(&t1);
+        tsr_glyph_task_free(&t2);
+    }
+}
+
+/* A built file: per-role counts in the tasks and the attributes; the same pixels twice. */
+static void test_roles_file(void **state) {
+    (void)state;
+    tsr_glyph_opts o;
+    role_opts(&o, 3);
+    const char *scripts[] = {"latin", "old-permic", "gothic", "ogham"};
+    o.scripts = scripts;
+    o.nscripts = 4;
+    const char *p1 = tpath("roles1.nc"), *p2 = tpath("roles2.nc");
+    assert_int_equal(tsr_glyphs_build(&o, p1), 0);
+    assert_int_equal(tsr_glyphs_build(&o, p2), 0);
+    tsr_suite s1, s2;
+    uint8_t *px1, *px2;
+    int *l1, *l2;
+    int8_t *sp1, *sp2;
+    int64_t n1 = read_all(p1, &px1, &l1, &sp1, &s1), n2 = read_all(p2, &px2, &l2, &sp2, &s2);
+    assert_int_equal(n1, n2);
+    assert_memory_equal(px1, px2, (size_t)n1 * 784);
+    assert_memory_equal(sp1, sp2, (size_t)n1);
+    const int E[4] = {11, 6, 8, 10};
+    int64_t pos = 0;
+    for (int t = 0; t < 4; t++) {
+        assert_string_equal(s1.task_names[t], scripts[t]);
+        assert_int_equal(s1.count[t], (int64_t)s1.num_classes[t] * E[t]);
+        pos += s1.count[t];
+    }
+    assert_int_equal(pos, n1);
+    char buf[4096];
+    assert_int_equal(tsr_suite_attr(&s1, "glyph_suite_version", buf, sizeof buf), 1);
+    assert_string_equal(buf, "2");
+    assert_int_equal(tsr_suite_attr(&s1, "glyph_counts", buf, sizeof buf), 1);
+    assert_non_null(strstr(buf, "source (1 tasks): 6 train, 2 val, 3 test renderings per class; every split augmented"));
+    assert_non_null(strstr(buf, "train (1 tasks): 4 train, 1 val, 1 test"));
+    assert_non_null(strstr(buf, "val (1 tasks): 3 train, 1 val, 4 test renderings per class; test renderings plain"));
+    assert_non_null(strstr(buf, "heldout (1 tasks): 3 train, 2 val, 5 test renderings per class; test renderings plain"));
+    assert_int_equal(tsr_suite_attr(&s1, "glyph_roles", buf, sizeof buf), 1);
+    assert_non_null(strstr(buf, "source: latin\ntrain: old-permic\nval: gothic\nheldout: ogham"));
+    assert_int_equal(tsr_suite_attr(&s1, "glyph_options", buf, sizeof buf), 1);
+    assert_non_null(strstr(buf, "elastic=1 roles=test-roles.yaml"));
+    assert_int_equal(tsr_suite_attr(&s1, "glyph_augmentation", buf, sizeof buf), 1);
+    assert_non_null(strstr(buf, "width 7 (sigma 3.46 px), alpha 6.0..24.0 px"));
+    tsr_suite_close(&s1);
+    tsr_suite_close(&s2);
+    free(px1);
+    free(px2);
+    free(l1);
+    free(l2);
+    free(sp1);
+    free(sp2);
+    assert_int_equal(unlink(p1), 0);
+    assert_int_equal(unlink(p2), 0);
+}
+
+static void test_roles_refused(void **state) {
+    (void)state;
+    const char *p = tpath("roles_bad.nc");
+    tsr_glyph_opts o;
+    role_opts(&o, 0);
+    const char *unknown[] = {"ogham", "klingon"};
+    o.role_scripts[TSR_GLYPH_HELDOUT] = unknown;
+    o.role_n[TSR_GLYPH_HELDOUT] = 2;
+    assert_int_equal(tsr_glyphs_build(&o, p), -1);
+    expect_error("test-roles.yaml", "suite.heldout", "'klingon'", "not a script of the table", NULL);
+
+    role_opts(&o, 0);
+    const char *twice[] = {"ogham", "latin"};
+    o.role_scripts[TSR_GLYPH_HELDOUT] = twice;
+    o.role_n[TSR_GLYPH_HELDOUT] = 2;
+    assert_int_equal(tsr_glyphs_build(&o, p), -1);
+    expect_error("test-roles.yaml", "'latin'", "suite.source and in suite.heldout", NULL);
+
+    role_opts(&o, 0);
+    o.counts[TSR_GLYPH_VAL].train = 0;
+    assert_int_equal(tsr_glyphs_build(&o, p), -1);
+    expect_error("role val", "at least 1 train", NULL);
+
+    /* a listed script that cannot be built is an error, not a silent drop */
+    role_opts(&o, 0);
+    o.font_dir = g_dir; /* an empty directory */
+    assert_int_equal(tsr_glyphs_build(&o, p), -1);
+    expect_error("'latin'", "suite.source in test-roles.yaml", "no font file matches", NULL);
+    assert_int_not_equal(access(p, F_OK), 0);
+}
+
 /* ------------------------------------------------------------------ refusals */
 
 static void test_missing_font_dir(void **state) {
@@ -488,6 +819,12 @@ int main(void) {
         cmocka_unit_test(test_task_layout),
         cmocka_unit_test(test_determinism_memory),
         cmocka_unit_test(test_determinism_file),
+        cmocka_unit_test(test_embolden_ink),
+        cmocka_unit_test(test_elastic),
+        cmocka_unit_test(test_role_defaults),
+        cmocka_unit_test(test_roles_memory),
+        cmocka_unit_test(test_roles_file),
+        cmocka_unit_test(test_roles_refused),
         cmocka_unit_test(test_missing_font_dir),
         cmocka_unit_test(test_bad_options),
     };

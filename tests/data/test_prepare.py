@@ -1,17 +1,22 @@
 #!/usr/bin/python3
 """`tessera prepare` end to end: each suite is built by one command from Debian packages (Fashion-MNIST,
-the glyph suite: >= 40 tasks of >= 10 classes), a folder of PNG class folders converts, a corrupt image
-is refused naming the file, and the files open in Debian's python3-xarray / netCDF4 with the schema's
+the glyph suite: >= 40 tasks of >= 10 classes; the glyph suite v2 with --roles configs/glyphs.yaml:
+per-role renderings per class and split, plain held-out test renderings, the counts in the attributes),
+a folder of PNG class folders converts, a corrupt image is refused naming the file, a bad --roles file
+is refused naming it, and the files open in Debian's python3-xarray / netCDF4 with the schema's
 variables and provenance.
 
-usage: test_prepare.py TESSERA_BINARY
+usage: test_prepare.py TESSERA_BINARY SOURCE_DIR
 """
 import os
 import subprocess
 import sys
 import tempfile
 
+import time
+
 import numpy as np
+import yaml
 
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
 passed = failed = 0
@@ -28,8 +33,54 @@ def run(args):
     return subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=600)
 
 
+def check_v2(path, roles):
+    """The glyph suite v2 at path against the role lists of configs/glyphs.yaml (roles: dict)."""
+    import netCDF4
+    # the documented defaults (docs/GLYPHS.md): train, val, test renderings per class; plain test
+    want = {"source": (100, 10, 10, False), "train": (40, 5, 5, False), "val": (20, 5, 10, True),
+            "heldout": (20, 5, 10, True)}
+    with netCDF4.Dataset(path) as d:
+        d.set_auto_mask(False)
+        names = [bytes(r).rstrip(b"\0").decode() for r in np.array(d["task_names"][:])]
+        ncls = np.array(d["task_num_classes"][:])
+        first, count = np.array(d["task_first"][:]), np.array(d["task_count"][:])
+        split, labels = np.array(d["split"][:]), np.array(d["labels"][:])
+        role_of = {n: r for r, lst in roles.items() for n in lst}
+        check(sorted(names) == sorted(role_of), f"v2: the {len(names)} tasks are those of the four role lists")
+        bad = []
+        for t, n in enumerate(names):
+            tr, va, te, _ = want[role_of[n]]
+            sp, lab = split[first[t]:first[t] + count[t]], labels[first[t]:first[t] + count[t]]
+            per = [np.bincount(lab[sp == k], minlength=ncls[t]) for k in range(3)]
+            if count[t] != ncls[t] * (tr + va + te) or any((per[k] != c).any() for k, c in enumerate((tr, va, te))):
+                bad.append(n)
+        check(not bad, f"v2: renderings per class and split as per role in every task (wrong: {bad[:5]})")
+        # plain test renderings: in a held-out task with one font, a class's test images are identical
+        fonts = dict(line.split(":", 1) for line in d.glyph_task_fonts.split("\n"))
+        one_font = [n for n in roles["heldout"] if len(fonts[n].split()) == 1]
+        same = True
+        for n in one_font:
+            t = names.index(n)
+            img = np.array(d["images"][first[t]:first[t] + count[t]])
+            sp, lab = split[first[t]:first[t] + count[t]], labels[first[t]:first[t] + count[t]]
+            for c in range(ncls[t]):
+                x = img[(sp == 2) & (lab == c)]
+                same &= bool((x == x[0]).all())
+                y = img[(sp == 0) & (lab == c)]
+                same &= not (y == y[0]).all()  # the training renderings are augmented
+        check(one_font and same, f"v2: plain test renderings in the {len(one_font)} one-font held-out tasks, augmented "
+              "training renderings")
+        counts = d.glyph_counts
+        check(d.glyph_suite_version == "2" and "source (46 tasks): 100 train, 10 val, 10 test" in counts
+              and "heldout (23 tasks): 20 train, 5 val, 10 test renderings per class; test renderings plain" in counts
+              and "roles=" in d.glyph_options and "--roles" in d.history,
+              "v2: version, counts per role, options and command in the attributes")
+        check("fonts-noto-extra" in d.glyph_packages and "NotoSans-CondensedSemiBold.ttf" in d.glyph_fonts,
+              "v2: fonts-noto-extra's weights and widths are used")
+
+
 def main():
-    exe = sys.argv[1]
+    exe, root = sys.argv[1], sys.argv[2]
     import netCDF4
     import matplotlib
     matplotlib.use("Agg")
@@ -86,6 +137,35 @@ def main():
               "a corrupt PNG is refused naming it: " + (r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""))
         r = run([exe, "prepare", "glyphs", "--fonts", "/nonexistent/fonts", "--out", os.path.join(tmp, "g2.nc")])
         check(r.returncode != 0 and "/nonexistent/fonts" in r.stderr, "a missing font directory is refused naming it")
+        # the glyph suite v2: roles from configs/glyphs.yaml
+        cfg = os.path.join(root, "configs", "glyphs.yaml")
+        with open(cfg) as f:
+            roles = yaml.safe_load(f)["suite"]
+        out = os.path.join(tmp, "glyphs_v2.nc")
+        t0 = time.time()
+        r = run([exe, "prepare", "glyphs", "--roles", cfg, "--out", out])
+        lines = r.stdout.strip().splitlines()
+        check(r.returncode == 0, f"prepare glyphs --roles configs/glyphs.yaml exits 0 ({time.time() - t0:.1f} s): "
+              + (lines[-2] if r.returncode == 0 and len(lines) > 1 else r.stderr[-500:]))
+        if r.returncode == 0:
+            check_v2(out, roles)
+        # bad --roles files are refused naming the file (and the key), and nothing is written
+        bad = os.path.join(tmp, "bad_roles.yaml")
+        with open(bad, "w") as f:
+            f.write("suite:\n  source: [latin, greek\n")
+        for path, what in [(os.path.join(tmp, "none.yaml"), ["none.yaml"]), (bad, ["bad_roles.yaml", "YAML"])]:
+            r = run([exe, "prepare", "glyphs", "--roles", path, "--out", os.path.join(tmp, "g3.nc")])
+            check(r.returncode != 0 and all(w in r.stderr for w in what) and not os.path.exists(os.path.join(tmp, "g3.nc")),
+                  "a bad --roles file is refused naming it: " + (r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""))
+        with open(bad, "w") as f:
+            f.write("suite:\n  source: [latin]\n  heldout: [ogham, klingon]\n")
+        r = run([exe, "prepare", "glyphs", "--roles", bad, "--out", os.path.join(tmp, "g3.nc")])
+        check(r.returncode != 0 and "bad_roles.yaml" in r.stderr and "suite.heldout" in r.stderr and "klingon" in r.stderr
+              and not os.path.exists(os.path.join(tmp, "g3.nc")),
+              "an unknown script in a role list is refused naming the file and the key: "
+              + (r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""))
+        r = run([exe, "prepare", "glyphs", "--counts", "source=100,10", "--roles", cfg, "--out", os.path.join(tmp, "g3.nc")])
+        check(r.returncode == 2 and "--counts" in r.stderr and "source=100,10" in r.stderr, "a bad --counts is refused")
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 

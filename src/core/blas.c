@@ -182,7 +182,7 @@ int tsr_blas_init(char *note, int len) {
     if (fallback[0]) {
         g_choice.kernel[0] = 0;
         g_choice.warn = 1;
-        snprintf(g_choice.reason, sizeof g_choice.reason, "%s", fallback);
+        snprintf(g_choice.reason, sizeof g_choice.reason, "%.*s", (int)sizeof g_choice.reason - 1, fallback);
     }
     char cpu[160];
     tsr_cpu_describe(&g_cpu, cpu, sizeof cpu);

@@ -124,8 +124,8 @@ int main(int argc, char **argv) {
     double seconds = atof(argv[4]);
     tsr_vit m;
     if (tsr_vit_create(&m, &c, B) != 0) tsr_fatal("%s", tsr_last_error());
-    tsr_vit_init_random(&m, 0);
-    /* TESSERA_PRECISION=bf16: the frozen block weights in bf16 (model.precision bf16) */
+    /* TESSERA_PRECISION=bf16: the frozen block weights in bf16 (model.precision bf16), set before the weights
+     * are made (as the trainer does): each block weight is converted and its fp32 copy dropped as it is made */
     const char *prec = getenv("TESSERA_PRECISION");
     if (!prec || !*prec) prec = "fp32";
     if (strcmp(prec, "bf16") == 0) {
@@ -138,6 +138,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_step: TESSERA_PRECISION must be fp32 or bf16 (got '%s')\n", prec);
         return 2;
     }
+    tsr_vit_init_random(&m, 0);
     size_t nimg = (size_t)B * c.channels * c.image_size * c.image_size;
     float *x = tsr_malloc(sizeof(float) * nimg);
     int *y = tsr_malloc(sizeof(int) * B), *tasks = tsr_malloc(sizeof(int) * B);

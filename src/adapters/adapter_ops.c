@@ -85,6 +85,19 @@ void tsr_adapters_copy_skills(const tsr_adapters *src, tsr_adapters *dst, uint64
 
 /* ------------------------------------------------------------------ merge */
 
+/* The block weight a LoRA module adds to: (dout, din) at the returned pointer. */
+static real *lora_target(tsr_vit *m, const tsr_rlp *md) {
+    size_t D = (size_t)m->cfg.dim, M = (size_t)m->cfg.mlp_dim, l = (size_t)md->layer;
+    switch (md->lora_site) {
+    case TSR_LORA_Q:
+    case TSR_LORA_K:
+    case TSR_LORA_V: return m->params.qkvw + l * 3 * D * D + (size_t)md->lora_site * D * D;
+    case TSR_LORA_PROJ: return m->params.projw + l * D * D;
+    case TSR_LORA_FC1: return m->params.fc1w + l * M * D;
+    default: return m->params.fc2w + l * D * M;
+    }
+}
+
 int tsr_adapters_merge_into(const tsr_adapters *ad, tsr_vit *m, int task) {
     int D = m->cfg.dim, M = m->cfg.mlp_dim, L = m->cfg.depth;
     if (ad->depth != L || ad->dim != D || ad->mlp != M)
@@ -97,6 +110,17 @@ int tsr_adapters_merge_into(const tsr_adapters *ad, tsr_vit *m, int task) {
                              ad->mod[k].name);
     int routed = ad->cfg.skills > 1, nt = ad->cfg.n_tasks > 0 ? ad->cfg.n_tasks : 1;
     if (task < 0 || task >= nt) return tsr_error("merge: task %d is outside [0, %d)", task, nt);
+    for (int k = 0; k < ad->n_mod; k++) { /* nothing merged unless every target is in memory */
+        const tsr_rlp *md = &ad->mod[k];
+        int rel = tsr_vit_released(m, (size_t)(lora_target(m, md) - m->params_mem), (size_t)md->dout * md->din);
+        if (rel >= 0) {
+            char nm[64];
+            tsr_vit_slice_name(m, rel, nm, sizeof nm);
+            return tsr_error("merge: %s (%s): the model holds its frozen block weights in bf16 only (model.precision "
+                             "bf16), so the fp32 weight a LoRA merge adds to is not in memory; set the model back "
+                             "to fp32 (tsr_vit_set_precision(m, 0)) before merging", md->name, nm);
+        }
+    }
     for (int k = 0; k < ad->n_mod; k++) {
         const tsr_rlp *md = &ad->mod[k];
         int h = md->h, S = md->S, r = md->r, din = md->din, dout = md->dout, ih = din / h, oh = dout / h;
@@ -122,18 +146,7 @@ int tsr_adapters_merge_into(const tsr_adapters *ad, tsr_vit *m, int task) {
                 for (int kk = 0; kk < r; kk++)
                     for (int j = 0; j < oh; j++) Bt[(size_t)kk * dout + q * oh + j] += wq * Bqs[(size_t)kk * oh + j];
             }
-        real *W;
-        int l = md->layer;
-        switch (md->lora_site) {
-        case TSR_LORA_Q:
-        case TSR_LORA_K:
-        case TSR_LORA_V:
-            W = m->params.qkvw + (size_t)l * 3 * D * D + (size_t)md->lora_site * D * D;
-            break;
-        case TSR_LORA_PROJ: W = m->params.projw + (size_t)l * D * D; break;
-        case TSR_LORA_FC1: W = m->params.fc1w + (size_t)l * M * D; break;
-        default: W = m->params.fc2w + (size_t)l * D * M; break;
-        }
+        real *W = lora_target(m, md);
         /* W (dout, din): W[o][i] += scale * sum_k A_t[i][k] B_t[k][o] */
         for (int o = 0; o < dout; o++)
             for (int i = 0; i < din; i++) {

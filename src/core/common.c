@@ -90,6 +90,20 @@ void tsr_lazy_free(void *q) {
     munmap(p, *(size_t *)p);
 }
 
+void tsr_lazy_zero(void *q, size_t n) {
+    if (!q || !n) return;
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)q, e = a + n;
+    uintptr_t lo = (a + pg - 1) & ~(pg - 1), hi = e & ~(pg - 1);
+    if (hi <= lo) { /* no whole page inside */
+        memset(q, 0, n);
+        return;
+    }
+    memset(q, 0, lo - a);
+    memset((void *)hi, 0, e - hi);
+    /* private anonymous memory: the pages are dropped and read as zero afterwards */
+    if (madvise((void *)lo, hi - lo, MADV_DONTNEED) != 0) memset((void *)lo, 0, hi - lo);
+}
+
 static void vlog(int rank, int max_level, int level, const char *fmt, va_list ap) {
     if (level > max_level) return;
     if (level >= TSR_LOG_INFO && rank != 0) return;

@@ -49,6 +49,11 @@ void *tsr_aligned_alloc_at(size_t n, const char *file, int line); /* 64-byte ali
  * reaches). Free with tsr_lazy_free only (NULL is fine). */
 void *tsr_lazy_alloc_at(size_t n, const char *file, int line);
 void tsr_lazy_free(void *p);
+/* Zero [p, p + n) inside a tsr_lazy_alloc buffer and give its whole pages back to the system
+ * (madvise MADV_DONTNEED: they read as zero and are not resident until written again); the bytes of the
+ * partial pages at either end are zeroed with memset (those pages stay resident: they hold neighbours).
+ * Only for memory from tsr_lazy_alloc. */
+void tsr_lazy_zero(void *p, size_t n);
 #define tsr_lazy_alloc(n) tsr_lazy_alloc_at((n), __FILE__, __LINE__)
 #define TSR_CHECK(cond, ...) do { if (!(cond)) tsr_fatal_at(__FILE__, __LINE__, __VA_ARGS__); } while (0)
 

@@ -1,5 +1,6 @@
-/* safetensors.c: safetensors reader (whole file in memory, fully validated) and atomic writer. */
+/* safetensors.c: safetensors reader (the file mapped, fully validated) and atomic writer. */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE /* madvise */
 #include "io/safetensors.h"
 
 #include "core/atomic.h"
@@ -12,6 +13,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -114,7 +116,8 @@ void tsr_st_close(tsr_st_file *f) {
     }
     free(f->meta_keys);
     free(f->meta_vals);
-    free(f->buf);
+    if (f->mapped) munmap(f->buf, f->size);
+    else free(f->buf);
     free(f->path);
     memset(f, 0, sizeof *f);
 }
@@ -250,16 +253,39 @@ static int check_overlaps(const tsr_st_file *f) {
     return rc;
 }
 
+/* The file's bytes into f->buf / f->size: mapped read-only (pages become resident only where read), or
+ * read into memory when it cannot be mapped (an empty file, a file system without mmap). */
+static int map_file(tsr_st_file *f, const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return tsr_error("%s: cannot open (%s)", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return tsr_error("%s: cannot open (%s)", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return tsr_error("%s: not a regular file", path);
+    }
+    void *p = st.st_size > 0 ? mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
+    close(fd); /* a mapping outlives its descriptor */
+    if (p != MAP_FAILED) {
+        f->buf = p;
+        f->size = (size_t)st.st_size;
+        f->mapped = 1;
+        return 0;
+    }
+    char *raw = NULL;
+    if (tsr_read_file(path, &raw, &f->size) != 0) return -1;
+    f->buf = (uint8_t *)raw;
+    return 0;
+}
+
 static int open_impl(tsr_st_file *f, const char *path) {
     f->path = dupstr(path);
-    struct stat st;
-    if (stat(path, &st) != 0) return tsr_error("%s: cannot open (%s)", path, strerror(errno));
-    if (!S_ISREG(st.st_mode)) return tsr_error("%s: not a regular file", path);
-    char *raw = NULL;
-    size_t size = 0;
-    if (tsr_read_file(path, &raw, &size) != 0) return -1;
-    f->buf = (uint8_t *)raw;
-    f->size = size;
+    if (map_file(f, path) != 0) return -1;
+    size_t size = f->size;
     if (size < 8)
         return tsr_error("%s: file is %zu bytes, too short for a safetensors header (need at least "
                          "8)",
@@ -334,6 +360,14 @@ const char *tsr_st_meta(const tsr_st_file *f, const char *key) {
 
 const void *tsr_st_data(const tsr_st_file *f, const tsr_st_tensor *t) { return f->buf + t->begin; }
 
+void tsr_st_drop(const tsr_st_file *f, const tsr_st_tensor *t) {
+    if (!f->mapped || t->end <= t->begin) return;
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)(f->buf + t->begin), e = (uintptr_t)(f->buf + t->end);
+    uintptr_t lo = (a + pg - 1) & ~(pg - 1), hi = e & ~(pg - 1);
+    /* a private read-only file mapping: the pages are read again from the file when touched again */
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 /* Common checks for the typed reads: tensor inside the buffer, element count matches. */
 static int read_check(const tsr_st_file *f, const tsr_st_tensor *t, int64_t n, const char *what) {
     if (t->begin > t->end || t->end > f->size ||
@@ -347,13 +381,9 @@ static int read_check(const tsr_st_file *f, const tsr_st_tensor *t, int64_t n, c
     return 0;
 }
 
-int tsr_st_read_f32(const tsr_st_file *f, const tsr_st_tensor *t, float *dst, int64_t n) {
-    if (!dt_is_float(t->dtype))
-        return tsr_error("%s: tensor '%s' has dtype %s, cannot read it as float", f->path, t->name,
-                         tsr_dtype_name(t->dtype));
-    if (read_check(f, t, n, "float") != 0) return -1;
-    const uint8_t *p = f->buf + t->begin;
-    switch (t->dtype) {
+/* n float values of dtype dt at p into dst. */
+static void to_f32(tsr_dtype dt, const uint8_t *p, float *dst, int64_t n) {
+    switch (dt) {
     case TSR_DT_F32:
         if (n) memcpy(dst, p, (size_t)n * 4);
         break;
@@ -381,6 +411,26 @@ int tsr_st_read_f32(const tsr_st_file *f, const tsr_st_tensor *t, float *dst, in
     default:
         break;
     }
+}
+
+int tsr_st_read_f32(const tsr_st_file *f, const tsr_st_tensor *t, float *dst, int64_t n) {
+    if (!dt_is_float(t->dtype))
+        return tsr_error("%s: tensor '%s' has dtype %s, cannot read it as float", f->path, t->name,
+                         tsr_dtype_name(t->dtype));
+    if (read_check(f, t, n, "float") != 0) return -1;
+    to_f32(t->dtype, f->buf + t->begin, dst, n);
+    return 0;
+}
+
+int tsr_st_read_f32_at(const tsr_st_file *f, const tsr_st_tensor *t, int64_t first, float *dst, int64_t n) {
+    if (!dt_is_float(t->dtype))
+        return tsr_error("%s: tensor '%s' has dtype %s, cannot read it as float", f->path, t->name,
+                         tsr_dtype_name(t->dtype));
+    if (read_check(f, t, t->numel, "float") != 0) return -1;
+    if (first < 0 || n < 0 || first > t->numel - n)
+        return tsr_error("%s: tensor '%s': elements [%" PRId64 ", %" PRId64 ") are outside its %" PRId64, f->path,
+                         t->name, first, first + n, t->numel);
+    to_f32(t->dtype, f->buf + t->begin + (uint64_t)first * tsr_dtype_size(t->dtype), dst, n);
     return 0;
 }
 
@@ -482,6 +532,8 @@ typedef struct {
     int ndim;
     int64_t shape[TSR_ST_MAX_DIMS];
     const void *data;
+    tsr_st_fill_fn fill; /* or the bytes from fill(ctx, ...) at write time */
+    void *ctx;
     uint64_t nbytes;
 } wr_tensor;
 
@@ -517,8 +569,8 @@ static void writer_fail(tsr_st_writer *w, const char *fmt, ...) {
     va_end(ap);
 }
 
-void tsr_st_writer_add(tsr_st_writer *w, const char *name, tsr_dtype dt, int ndim,
-                       const int64_t *shape, const void *data) {
+static void add_impl(tsr_st_writer *w, const char *name, tsr_dtype dt, int ndim, const int64_t *shape,
+                     const void *data, tsr_st_fill_fn fill, void *ctx) {
     if (!name) {
         writer_fail(w, "tensor name is NULL");
         return;
@@ -551,7 +603,7 @@ void tsr_st_writer_add(tsr_st_writer *w, const char *name, tsr_dtype dt, int ndi
         writer_fail(w, "tensor '%s': size overflows", name);
         return;
     }
-    if (numel > 0 && !data) {
+    if (numel > 0 && !data && !fill) {
         writer_fail(w, "tensor '%s': data is NULL", name);
         return;
     }
@@ -568,7 +620,23 @@ void tsr_st_writer_add(tsr_st_writer *w, const char *name, tsr_dtype dt, int ndi
     t->ndim = ndim;
     for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
     t->data = data;
+    t->fill = fill;
+    t->ctx = ctx;
     t->nbytes = (uint64_t)numel * ds;
+}
+
+void tsr_st_writer_add(tsr_st_writer *w, const char *name, tsr_dtype dt, int ndim, const int64_t *shape,
+                       const void *data) {
+    add_impl(w, name, dt, ndim, shape, data, NULL, NULL);
+}
+
+void tsr_st_writer_add_fill(tsr_st_writer *w, const char *name, tsr_dtype dt, int ndim, const int64_t *shape,
+                            tsr_st_fill_fn fill, void *ctx) {
+    if (!fill) {
+        writer_fail(w, "tensor '%s': fill function is NULL", name ? name : "(null)");
+        return;
+    }
+    add_impl(w, name, dt, ndim, shape, NULL, fill, ctx);
 }
 
 void tsr_st_writer_meta(tsr_st_writer *w, const char *key, const char *val) {
@@ -682,15 +750,37 @@ int tsr_st_writer_write(tsr_st_writer *w, const char *path) {
     memset(head + 8 + hl, ' ', padded - hl);
     free(hdr);
 
+    /* filled tensors pass through one buffer of at most FILL_CHUNK bytes (a multiple of every dtype's size) */
+    enum { FILL_CHUNK = 1 << 22 };
+    uint64_t most = 0;
+    for (int i = 0; i < w->n; i++)
+        if (w->t[i].fill && w->t[i].nbytes > most) most = w->t[i].nbytes;
+    uint8_t *chunk = most ? tsr_malloc(most < FILL_CHUNK ? (size_t)most : FILL_CHUNK) : NULL;
+
     /* path.tmp.<pid>, fsync, rename, fsync of the directory (core/atomic.h) */
-    int rc = -1;
+    int rc = -1, filled = 0;
     tsr_atomic a;
     if (tsr_atomic_begin(&a, path)) {
         int ok = write_all(&a, head, 8 + padded) == 0;
-        for (int i = 0; ok && i < w->n; i++)
-            if (w->t[i].nbytes) ok = write_all(&a, w->t[i].data, w->t[i].nbytes) == 0;
-        rc = tsr_atomic_commit(&a); /* reports a failed write above and removes the temporary */
+        for (int i = 0; ok && i < w->n; i++) {
+            const wr_tensor *t = &w->t[i];
+            if (!t->fill) {
+                if (t->nbytes) ok = write_all(&a, t->data, t->nbytes) == 0;
+                continue;
+            }
+            for (uint64_t off = 0; ok && off < t->nbytes; off += FILL_CHUNK) {
+                size_t len = t->nbytes - off < FILL_CHUNK ? (size_t)(t->nbytes - off) : FILL_CHUNK;
+                if (t->fill(t->ctx, chunk, off, len) != 0) {
+                    tsr_error_context("%s: tensor '%s'", path, t->name);
+                    ok = 0;
+                    filled = -1;
+                } else ok = write_all(&a, chunk, len) == 0;
+            }
+        }
+        if (filled) tsr_atomic_abort(&a); /* keeps the fill's message; no temporary stays behind */
+        else rc = tsr_atomic_commit(&a); /* reports a failed write above and removes the temporary */
     }
+    free(chunk);
     free(head);
     return rc;
 }

@@ -6,9 +6,12 @@
  * with offsets relative to the start of the data region; the optional key "__metadata__" maps to
  * an object of string -> string.
  *
- * Reading: tsr_st_open reads the whole file into memory and validates every entry (dtype, shape,
- * offsets within the data region, byte counts, no overlaps, no duplicate names) so that the
- * accessors below never read out of bounds. Errors follow the common.h convention (0 / -1 plus
+ * Reading: tsr_st_open maps the file read-only (or reads it into memory where it cannot be mapped) and
+ * validates every entry (dtype, shape, offsets within the data region, byte counts, no overlaps, no
+ * duplicate names) so that the accessors below never read out of bounds. Only the pages a reader touches
+ * become resident, and tsr_st_drop gives a tensor's pages back once it has been read (loading a model
+ * then never holds the whole file in memory). The file must not be truncated while it is open (files
+ * written by tsr_st_writer_write are replaced by rename, which leaves an open mapping intact). Errors follow the common.h convention (0 / -1 plus
  * tsr_error); every message starts with the file path and names the tensor or field concerned.
  *
  * Writing: tsr_st_writer collects tensors (pointers to caller memory, not copied) and metadata and
@@ -56,8 +59,9 @@ typedef struct {
 
 typedef struct {
     char *path;
-    uint8_t *buf; /* whole file read into memory */
+    uint8_t *buf; /* the whole file: mapped (mapped 1, read-only) or read into memory */
     size_t size;
+    int mapped;
     int n;            /* number of tensors */
     tsr_st_tensor *t; /* in header order (the order they were written) */
     int nmeta;
@@ -81,6 +85,11 @@ const void *tsr_st_data(const tsr_st_file *f, const tsr_st_tensor *t);
  * n = number of elements dst holds; it must equal t->numel. 0 / -1 (tsr_error). */
 int tsr_st_read_f32(const tsr_st_file *f, const tsr_st_tensor *t, float *dst, int64_t n);
 int tsr_st_read_f64(const tsr_st_file *f, const tsr_st_tensor *t, double *dst, int64_t n);
+/* Elements [first, first + n) of a tensor as float (dtypes as tsr_st_read_f32). 0 / -1 (tsr_error). */
+int tsr_st_read_f32_at(const tsr_st_file *f, const tsr_st_tensor *t, int64_t first, float *dst, int64_t n);
+/* Done with a tensor's bytes: the whole pages of a mapped file that hold only them stop being resident
+ * (they are read from the file again if touched again). Nothing for a file read into memory. */
+void tsr_st_drop(const tsr_st_file *f, const tsr_st_tensor *t);
 /* Integer read: I64, I32, I16, I8, U8, BOOL (BOOL bytes read as 0 / 1); float dtypes refused. */
 int tsr_st_read_i64(const tsr_st_file *f, const tsr_st_tensor *t, int64_t *dst, int64_t n);
 
@@ -98,6 +107,13 @@ typedef struct tsr_st_writer tsr_st_writer;
 tsr_st_writer *tsr_st_writer_new(void);
 void tsr_st_writer_add(tsr_st_writer *w, const char *name, tsr_dtype dt, int ndim,
                        const int64_t *shape, const void *data);
+/* A tensor whose bytes are produced at write time, in order, a piece at a time (at most 4 MiB, offsets and
+ * lengths multiples of 8): fill(ctx, dst, offset, n) writes bytes [offset, offset + n) of the tensor's data
+ * into dst and returns 0, or -1 with tsr_error set, which makes the write fail (no file is left behind;
+ * the message gets "path: tensor 'name': " in front). For data too large to hold in memory at once. */
+typedef int (*tsr_st_fill_fn)(void *ctx, void *dst, uint64_t offset, size_t n);
+void tsr_st_writer_add_fill(tsr_st_writer *w, const char *name, tsr_dtype dt, int ndim,
+                            const int64_t *shape, tsr_st_fill_fn fill, void *ctx);
 void tsr_st_writer_meta(tsr_st_writer *w, const char *key, const char *val);
 int tsr_st_writer_write(tsr_st_writer *w, const char *path); /* 0 / -1 (tsr_error) */
 void tsr_st_writer_free(tsr_st_writer *w);                    /* NULL-safe */

@@ -1,4 +1,6 @@
-/* checkpoint.c: ViT weights <-> safetensors in timm and Hugging Face naming. */
+/* checkpoint.c: ViT weights <-> safetensors in timm and Hugging Face naming; the fp32 block weights of a
+ * model in bf16 read again from their source (tsr_param_reader). */
+#define _DEFAULT_SOURCE /* realpath */
 #include "model/checkpoint.h"
 
 #include <jansson.h>
@@ -84,16 +86,20 @@ static int build_entries(const tsr_vit *m, const tsr_vit_params *p, tsr_naming n
     return k;
 }
 
+static int naming_of(const tsr_st_file *f, tsr_naming *naming) {
+    if (tsr_st_find(f, "patch_embed.proj.weight")) *naming = TSR_NAMING_TIMM;
+    else if (tsr_st_find(f, "vit.embeddings.patch_embeddings.projection.weight")) *naming = TSR_NAMING_HF;
+    else if (tsr_st_find(f, "embeddings.patch_embeddings.projection.weight")) *naming = TSR_NAMING_HF_NOPREFIX;
+    else
+        return tsr_error("%s: not a ViT checkpoint: found neither 'patch_embed.proj.weight' (timm naming) nor "
+                         "'[vit.]embeddings.patch_embeddings.projection.weight' (Hugging Face naming)", f->path);
+    return 0;
+}
+
 int tsr_ckpt_detect(const char *path, tsr_naming *naming) {
     tsr_st_file f;
     if (tsr_st_open(&f, path) != 0) return -1;
-    int rc = 0;
-    if (tsr_st_find(&f, "patch_embed.proj.weight")) *naming = TSR_NAMING_TIMM;
-    else if (tsr_st_find(&f, "vit.embeddings.patch_embeddings.projection.weight")) *naming = TSR_NAMING_HF;
-    else if (tsr_st_find(&f, "embeddings.patch_embeddings.projection.weight")) *naming = TSR_NAMING_HF_NOPREFIX;
-    else
-        rc = tsr_error("%s: not a ViT checkpoint: found neither 'patch_embed.proj.weight' (timm naming) nor "
-                       "'[vit.]embeddings.patch_embeddings.projection.weight' (Hugging Face naming)", path);
+    int rc = naming_of(&f, naming);
     tsr_st_close(&f);
     return rc;
 }
@@ -212,14 +218,31 @@ out:
     return rc;
 }
 
+/* The block weight slice (tsr_vit_slice) that ends at element `end` of params_mem, or -1. */
+static int slice_ending_at(const tsr_vit *m, size_t end) {
+    for (int s = 0; s < 4 * m->cfg.depth; s++) {
+        size_t off, n;
+        tsr_vit_slice(m, s, &off, &n);
+        if (off + n == end) return s;
+    }
+    return -1;
+}
+
 int tsr_ckpt_load_vit(tsr_vit *m, const char *path, int allow_missing_head) {
     tsr_naming nm = TSR_NAMING_TIMM;
-    if (tsr_ckpt_detect(path, &nm) != 0) return -1;
     tsr_st_file f;
     if (tsr_st_open(&f, path) != 0) return -1;
+    if (naming_of(&f, &nm) != 0) {
+        tsr_st_close(&f);
+        return -1;
+    }
     ck_entry *e;
     int n = build_entries(m, &m->params, nm, &e), rc = -1;
     char *used = tsr_calloc((size_t)f.n + 1, 1);
+    /* the model in bf16 (tsr_vit_set_precision before the load): each block weight slice is converted and
+     * its fp32 pages given back as soon as its last tensor is read, and each tensor's file pages once read */
+    int bf16 = m->w16_mem != NULL;
+    m->w32_src = TSR_W32_NONE; /* until the whole file is read */
     for (int i = 0; i < n; i++) {
         int is_head = strstr(e[i].name, "head.") == e[i].name || strstr(e[i].name, "classifier.") == e[i].name;
         if (is_head && allow_missing_head == 2) continue; /* a new head: the file's is ignored */
@@ -249,6 +272,9 @@ int tsr_ckpt_load_vit(tsr_vit *m, const char *path, int allow_missing_head) {
                 goto out;
             }
         used[t - f.t] = 1;
+        tsr_st_drop(&f, t);
+        int s = bf16 ? slice_ending_at(m, (size_t)(e[i].dst - m->params_mem) + (size_t)cnt) : -1;
+        if (s >= 0) tsr_vit_slice_commit(m, s);
     }
     for (int i = 0; i < f.n; i++) {
         if (used[i]) continue;
@@ -259,6 +285,14 @@ int tsr_ckpt_load_vit(tsr_vit *m, const char *path, int allow_missing_head) {
                   nmi, m->cfg.depth, nm == TSR_NAMING_TIMM ? "timm" : "Hugging Face");
         goto out;
     }
+    /* where the fp32 block weights can be read again (an absolute path: the working directory may change) */
+    free(m->w32_path);
+    m->w32_path = realpath(path, NULL);
+    if (!m->w32_path) {
+        m->w32_path = tsr_malloc(strlen(path) + 1);
+        strcpy(m->w32_path, path);
+    }
+    m->w32_src = TSR_W32_FILE;
     rc = 0;
 out:
     free(used);
@@ -267,17 +301,172 @@ out:
     return rc;
 }
 
+/* ---------------------------------------------------------------- the fp32 parameters, wherever they are */
+
+struct tsr_param_reader {
+    const tsr_vit *m;
+    tsr_st_file f; /* the source file (w32_path), opened at the first slice read from it */
+    int opened;
+    ck_entry *e;   /* its tensors, in its naming */
+    int ne;
+    real *buf;     /* one slice, for reads of part of it */
+    int cached;    /* the slice in buf, -1: none */
+};
+
+tsr_param_reader *tsr_param_reader_new(const tsr_vit *m) {
+    tsr_param_reader *r = tsr_calloc(1, sizeof *r);
+    r->m = m;
+    r->cached = -1;
+    return r;
+}
+
+void tsr_param_reader_free(tsr_param_reader *r) {
+    if (!r) return;
+    tsr_st_close(&r->f);
+    free(r->e);
+    free(r->buf);
+    free(r);
+}
+
+/* Slice s's fp32 values from the model's source into dst (n values), checked against the hash recorded when
+ * its bf16 copy was made. 0 / -1 (tsr_error naming the tensor). */
+static int restore_slice(tsr_param_reader *r, int s, real *dst) {
+    const tsr_vit *m = r->m;
+    char nm[64];
+    tsr_vit_slice_name(m, s, nm, sizeof nm);
+    size_t off, n;
+    tsr_vit_slice(m, s, &off, &n);
+    if (m->w32_src == TSR_W32_SEED) {
+        tsr_vit_slice_from_seed(m, s, dst);
+        return tsr_vit_slice_check(m, s, dst, "the seed of tsr_vit_init_random");
+    }
+    if (m->w32_src != TSR_W32_FILE || !m->w32_path)
+        return tsr_error("model: the fp32 values of %s are not in memory (model.precision bf16 keeps the frozen block "
+                         "weights in bf16 only) and cannot be restored: the model's weights came neither from a "
+                         "checkpoint file (tsr_ckpt_load_vit) nor from tsr_vit_init_random", nm);
+    if (!r->opened) {
+        tsr_naming fnm = TSR_NAMING_TIMM;
+        if (tsr_st_open(&r->f, m->w32_path) != 0 || naming_of(&r->f, &fnm) != 0) {
+            tsr_st_close(&r->f);
+            return tsr_error_context("model: restoring the fp32 values of %s (not in memory: model.precision bf16) "
+                                     "from the checkpoint the model was loaded from", nm);
+        }
+        r->ne = build_entries(m, &m->params, fnm, &r->e);
+        r->opened = 1;
+    }
+    size_t got = 0;
+    for (int i = 0; i < r->ne; i++) {
+        const ck_entry *e = &r->e[i];
+        size_t eo = (size_t)(e->dst - m->params_mem);
+        if (eo < off || eo >= off + n) continue;
+        const tsr_st_tensor *t = tsr_st_expect(&r->f, e->name, e->ndim, e->shape);
+        size_t cnt = (size_t)(t ? t->numel : 0);
+        if (!t || tsr_st_read_f32(&r->f, t, dst + (eo - off), (int64_t)cnt) != 0)
+            return tsr_error_context("model: restoring the fp32 values of %s (not in memory: model.precision bf16)", nm);
+        tsr_st_drop(&r->f, t);
+        got += cnt;
+    }
+    if (got != n)
+        return tsr_error("model: restoring the fp32 values of %s: %s holds %zu of its %zu values", nm, m->w32_path, got, n);
+    return tsr_vit_slice_check(m, s, dst, m->w32_path);
+}
+
+int tsr_param_reader_get(tsr_param_reader *r, size_t off, size_t n, real *dst) {
+    const tsr_vit *m = r->m;
+    if (off > m->num_params || n > m->num_params - off)
+        return tsr_error("model: parameters [%zu, %zu) are outside the model's %zu", off, off + n, m->num_params);
+    while (n > 0) {
+        int s = tsr_vit_released(m, off, n);
+        if (s < 0) {
+            memcpy(dst, m->params_mem + off, sizeof(real) * n);
+            return 0;
+        }
+        size_t so, sn;
+        tsr_vit_slice(m, s, &so, &sn);
+        if (so > off) { /* in memory up to the slice */
+            size_t g = so - off;
+            memcpy(dst, m->params_mem + off, sizeof(real) * g);
+            dst += g, off += g, n -= g;
+        }
+        size_t a = off - so, k = sn - a < n ? sn - a : n;
+        if (a == 0 && k == sn) { /* the whole slice: straight into dst */
+            if (restore_slice(r, s, dst) != 0) return -1;
+        } else {
+            if (r->cached != s) {
+                if (!r->buf) {
+                    size_t most = 0;
+                    for (int q = 0; q < 4; q++) {
+                        size_t qo, qn;
+                        tsr_vit_slice(m, q * m->cfg.depth, &qo, &qn);
+                        if (qn > most) most = qn;
+                    }
+                    r->buf = tsr_malloc(sizeof(real) * most);
+                }
+                r->cached = -1;
+                if (restore_slice(r, s, r->buf) != 0) return -1;
+                r->cached = s;
+            }
+            memcpy(dst, r->buf + a, sizeof(real) * k);
+        }
+        dst += k, off += k, n -= k;
+    }
+    return 0;
+}
+
+int tsr_ckpt_restore_fp32(tsr_vit *m) {
+    if (!m->w16_mem) return 0;
+    tsr_param_reader *r = tsr_param_reader_new(m);
+    int S = 4 * m->cfg.depth, s, rc = 0;
+    for (s = 0; s < S && rc == 0; s++) {
+        size_t off, n;
+        tsr_vit_slice(m, s, &off, &n);
+        rc = tsr_param_reader_get(r, off, n, m->params_mem + off);
+    }
+    if (rc != 0) /* back to what it was: every slice released (s - 1 failed, possibly half written) */
+        for (int q = 0; q < s; q++) {
+            size_t off, n;
+            tsr_vit_slice(m, q, &off, &n);
+            tsr_lazy_zero(m->params_mem + off, sizeof(real) * n);
+        }
+    tsr_param_reader_free(r);
+    return rc;
+}
+
+/* A tensor of tsr_ckpt_save_vit written through a tsr_param_reader (its values are not all in memory). */
+typedef struct {
+    tsr_param_reader *r;
+    size_t off; /* in params_mem */
+} fill_ctx;
+
+static int fill_params(void *ctx, void *dst, uint64_t offset, size_t n) {
+    const fill_ctx *c = ctx;
+    return tsr_param_reader_get(c->r, c->off + (size_t)(offset / sizeof(real)), n / sizeof(real), dst);
+}
+
 int tsr_ckpt_save_vit(const tsr_vit *m, const char *path, tsr_naming naming, int nmeta,
                       const char *const *keys, const char *const *vals) {
     ck_entry *e;
     int n = build_entries(m, &m->params, naming, &e);
     tsr_st_writer *w = tsr_st_writer_new();
-    for (int i = 0; i < n; i++)
-        tsr_st_writer_add(w, e[i].name, sizeof(real) == 8 ? TSR_DT_F64 : TSR_DT_F32, e[i].ndim, e[i].shape, e[i].dst);
+    /* model.precision bf16: the block weights are read again from their source, a piece at a time */
+    tsr_param_reader *r = tsr_vit_released(m, 0, m->num_params) >= 0 ? tsr_param_reader_new(m) : NULL;
+    fill_ctx *fc = tsr_calloc((size_t)n, sizeof *fc);
+    tsr_dtype dt = sizeof(real) == 8 ? TSR_DT_F64 : TSR_DT_F32;
+    for (int i = 0; i < n; i++) {
+        size_t off = (size_t)(e[i].dst - m->params_mem), cnt = 1;
+        for (int d = 0; d < e[i].ndim; d++) cnt *= (size_t)e[i].shape[d];
+        if (r && tsr_vit_released(m, off, cnt) >= 0) {
+            fc[i] = (fill_ctx){r, off};
+            tsr_st_writer_add_fill(w, e[i].name, dt, e[i].ndim, e[i].shape, fill_params, &fc[i]);
+        } else
+            tsr_st_writer_add(w, e[i].name, dt, e[i].ndim, e[i].shape, e[i].dst);
+    }
     tsr_st_writer_meta(w, "format", "pt");
     for (int i = 0; i < nmeta; i++) tsr_st_writer_meta(w, keys[i], vals[i]);
     int rc = tsr_st_writer_write(w, path);
     tsr_st_writer_free(w);
+    tsr_param_reader_free(r);
+    free(fc);
     free(e);
     return rc;
 }

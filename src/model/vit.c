@@ -7,10 +7,12 @@
 #include <string.h>
 
 #include "core/common.h"
+#include "core/hash.h"
 #include "core/rng.h"
 #include "model/layers.h"
 #ifndef TSR_F64
 #include "core/bf16.h"
+#include "model/checkpoint.h"
 #endif
 
 /* The attached extension's module at (layer, site), or -1 (no extension or none there). */
@@ -53,24 +55,122 @@ static void block_linear_bwd(real *dinp, real *dW, real *db, const real *dout, c
     linear_backward(dinp, dW, db, dout, inp, W, N, C, OC);
 }
 
+/* ---------------------------------------------------------------- the block weights in slices */
+
+/* Matrix k of the block weights (0 qkv, 1 proj, 2 fc1, 3 fc2): its offset in params_mem, its size per block,
+ * its bf16 copy (NULL in fp32). */
+static void matrix(const tsr_vit *m, int k, size_t *base, size_t *per, uint16_t **w16) {
+    static const int idx[4] = {6, 8, 12, 14}; /* in param_sizes */
+    const real *p[4] = {m->params.qkvw, m->params.projw, m->params.fc1w, m->params.fc2w};
+    uint16_t *b16[4] = {m->qkvw16, m->projw16, m->fc1w16, m->fc2w16};
+    *base = (size_t)(p[k] - m->params_mem);
+    *per = m->param_sizes[idx[k]] / (size_t)m->cfg.depth;
+    if (w16) *w16 = b16[k];
+}
+
+void tsr_vit_slice(const tsr_vit *m, int s, size_t *off, size_t *n) {
+    int L = m->cfg.depth;
+    size_t base, per;
+    matrix(m, s / L, &base, &per, NULL);
+    *off = base + (size_t)(s % L) * per;
+    *n = per;
+}
+
+void tsr_vit_slice_name(const tsr_vit *m, int s, char *name, size_t len) {
+    static const char *nm[4] = {"attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight"};
+    int L = m->cfg.depth;
+    snprintf(name, len, "blocks.%d.%s", s % L, nm[(s / L) & 3]);
+}
+
+int tsr_vit_released(const tsr_vit *m, size_t off, size_t n) {
+    if (!m->w16_mem || n == 0) return -1;
+    int L = m->cfg.depth;
+    for (int k = 0; k < 4; k++) {
+        size_t base, per;
+        matrix(m, k, &base, &per, NULL);
+        if (off < base + per * (size_t)L && off + n > base) {
+            size_t a = off > base ? off : base;
+            return k * L + (int)((a - base) / per);
+        }
+    }
+    return -1;
+}
+
+/* timm's initialisation of the block weights: truncated normal, std 0.02, cut at 2 std */
+#define W_STD 0.02
+static void block_weights_random(tsr_rng *r, real *dst, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = (real)tsr_rng_trunc_normal(r, W_STD, -2 * W_STD, 2 * W_STD);
+}
+
+void tsr_vit_slice_from_seed(const tsr_vit *m, int s, real *dst) {
+    TSR_CHECK(m->w32_src == TSR_W32_SEED && m->w32_rng, "model: the block weights did not come from a seed");
+    size_t off, n;
+    tsr_vit_slice(m, s, &off, &n);
+    tsr_rng r = m->w32_rng[s];
+    block_weights_random(&r, dst, n);
+}
+
+int tsr_vit_slice_check(const tsr_vit *m, int s, const real *vals, const char *what) {
+    size_t off, n;
+    tsr_vit_slice(m, s, &off, &n);
+    if (m->w32_hash && tsr_hash64(vals, sizeof(real) * n) == m->w32_hash[s]) return 0;
+    char nm[64];
+    tsr_vit_slice_name(m, s, nm, sizeof nm);
+    return tsr_error("model: the fp32 values of %s are not in memory (model.precision bf16 keeps the frozen block "
+                     "weights in bf16 only) and cannot be restored: %s no longer gives the values its bf16 copy was "
+                     "made from (changed since the model read it, or the model's weights were changed after init or "
+                     "load)", nm, what);
+}
+
+void tsr_vit_slice_commit(tsr_vit *m, int s) {
+#ifdef TSR_F64
+    (void)m, (void)s;
+    tsr_fatal("model: bf16 weights exist in the float build only");
+#else
+    TSR_CHECK(m->w16_mem && m->w32_hash, "model: slice commit without a bf16 copy");
+    int L = m->cfg.depth;
+    size_t base, per;
+    uint16_t *w16;
+    matrix(m, s / L, &base, &per, &w16);
+    size_t off = (size_t)(s % L) * per;
+    real *p = m->params_mem + base + off;
+    tsr_bf16_convert(w16 + off, p, per);
+    m->w32_hash[s] = tsr_hash64(p, sizeof(real) * per);
+    tsr_lazy_zero(p, sizeof(real) * per); /* stored once, in bf16 */
+#endif
+}
+
 int tsr_vit_set_precision(tsr_vit *m, int bf16) {
-    free(m->w16_mem);
-    m->w16_mem = m->qkvw16 = m->projw16 = m->fc1w16 = m->fc2w16 = NULL;
-    if (!bf16) return 0;
+    if (!bf16) {
+        if (!m->w16_mem) return 0;
+#ifndef TSR_F64
+        if (tsr_ckpt_restore_fp32(m) != 0) return -1; /* the model stays in bf16 */
+#endif
+        tsr_lazy_free(m->w16_mem);
+        m->w16_mem = m->qkvw16 = m->projw16 = m->fc1w16 = m->fc2w16 = NULL;
+        return 0;
+    }
 #ifdef TSR_F64
     return tsr_error("model: bf16 weights exist in the float build only");
 #else
-    size_t D = m->cfg.dim, L = m->cfg.depth, M = m->cfg.mlp_dim;
-    size_t n[4] = {L * 3 * D * D, L * D * D, L * M * D, L * D * M};
-    const real *src[4] = {m->params.qkvw, m->params.projw, m->params.fc1w, m->params.fc2w};
-    uint16_t **dst[4] = {&m->qkvw16, &m->projw16, &m->fc1w16, &m->fc2w16};
-    m->w16_mem = tsr_aligned_alloc(sizeof(uint16_t) * (n[0] + n[1] + n[2] + n[3]));
-    uint16_t *p = m->w16_mem;
-    for (int i = 0; i < 4; i++) {
-        *dst[i] = p;
-        tsr_bf16_convert(p, src[i], n[i]);
-        p += n[i];
+    if (m->w16_mem) return 0;
+    size_t n[4], total = 0;
+    for (int k = 0; k < 4; k++) {
+        size_t base;
+        matrix(m, k, &base, &n[k], NULL);
+        n[k] *= (size_t)m->cfg.depth;
+        total += n[k];
     }
+    /* pages resident only as slices are converted */
+    m->w16_mem = tsr_lazy_alloc(sizeof(uint16_t) * total);
+    uint16_t **dst[4] = {&m->qkvw16, &m->projw16, &m->fc1w16, &m->fc2w16}, *p = m->w16_mem;
+    for (int k = 0; k < 4; k++) {
+        *dst[k] = p;
+        p += n[k];
+    }
+    int S = 4 * m->cfg.depth;
+    if (!m->w32_hash) m->w32_hash = tsr_calloc((size_t)S, sizeof(uint64_t));
+    for (int s = 0; s < S; s++) tsr_vit_slice_commit(m, s);
     return 0;
 #endif
 }
@@ -122,7 +222,8 @@ int tsr_vit_create(tsr_vit *m, const tsr_vit_config *c, int max_batch) {
     param_sizes(c, m->param_sizes);
     m->num_params = 0;
     for (int i = 0; i < TSR_VIT_NTENSORS; i++) m->num_params += m->param_sizes[i];
-    m->params_mem = tsr_aligned_alloc(sizeof(real) * m->num_params);
+    /* a mapping of its own: model.precision bf16 gives the block weights' pages back (tsr_lazy_zero) */
+    m->params_mem = tsr_lazy_alloc(sizeof(real) * m->num_params);
     /* untouched until written: a step zeroes and fills only the groups it trains (tsr_vit_zero_grad_for) */
     m->grads_mem = tsr_lazy_alloc(sizeof(real) * m->num_params);
     point_params(&m->params, m->params_mem, m->param_sizes);
@@ -176,7 +277,7 @@ int tsr_vit_create(tsr_vit *m, const tsr_vit_config *c, int max_batch) {
 }
 
 void tsr_vit_destroy(tsr_vit *m) {
-    free(m->params_mem);
+    tsr_lazy_free(m->params_mem);
     tsr_lazy_free(m->grads_mem);
     tsr_lazy_free(m->acts_mem);
     tsr_lazy_free(m->att_mem);
@@ -185,7 +286,10 @@ void tsr_vit_destroy(tsr_vit *m) {
     free(m->perm_images);
     free(m->perm_labels);
     free(m->perm_buf);
-    free(m->w16_mem);
+    tsr_lazy_free(m->w16_mem);
+    free(m->w32_path);
+    free(m->w32_rng);
+    free(m->w32_hash);
     memset(m, 0, sizeof *m);
 }
 
@@ -236,17 +340,28 @@ void tsr_vit_init_random(tsr_vit *m, uint64_t seed) {
     tsr_rng_seed(&r, seed);
     const tsr_vit_config *c = &m->cfg;
     tsr_vit_params *p = &m->params;
-    memset(m->params_mem, 0, sizeof(real) * m->num_params);
-    size_t D = c->dim, L = c->depth, M = c->mlp_dim;
+    tsr_lazy_zero(m->params_mem, sizeof(real) * m->num_params);
+    size_t D = c->dim, L = c->depth;
 #define TN(ptr, n, std) for (size_t i_ = 0; i_ < (n); i_++) (ptr)[i_] = (real)tsr_rng_trunc_normal(&r, std, -2 * (std), 2 * (std))
     TN(p->patch_w, m->param_sizes[0], 0.02);
     TN(p->cls, D, 1e-6);
     TN(p->pos, m->param_sizes[3], 0.02);
-    TN(p->qkvw, L * 3 * D * D, 0.02);
-    TN(p->projw, L * D * D, 0.02);
-    TN(p->fc1w, L * M * D, 0.02);
-    TN(p->fc2w, L * D * M, 0.02);
 #undef TN
+    /* qkv, proj, fc1, fc2 of every block: the stream continues through the slices in memory order (the four
+     * stacked matrices one after the other); the state at each slice's start is kept, so that a slice can be
+     * made again (tsr_vit_slice_from_seed); in bf16 each slice is converted and released once written */
+    int S = 4 * (int)L;
+    if (!m->w32_rng) m->w32_rng = tsr_malloc(sizeof(tsr_rng) * (size_t)S);
+    for (int s = 0; s < S; s++) {
+        size_t off, n;
+        tsr_vit_slice(m, s, &off, &n);
+        m->w32_rng[s] = r;
+        block_weights_random(&r, m->params_mem + off, n);
+        if (m->w16_mem) tsr_vit_slice_commit(m, s);
+    }
+    m->w32_src = TSR_W32_SEED;
+    free(m->w32_path);
+    m->w32_path = NULL;
     for (size_t i = 0; i < L * D; i++) p->ln1w[i] = p->ln2w[i] = 1;
     for (size_t i = 0; i < D; i++) p->lnfw[i] = 1;
 }
@@ -398,8 +513,9 @@ static void backward_impl(tsr_vit *m, const tsr_vit_trainable *tr, const real *d
     if (m->d_resid_all) memcpy(m->d_resid_all + (size_t)L * BTD, dx, sizeof(real) * BTD);
 
     int wg = tr->blocks;
-    TSR_CHECK(!(wg && m->w16_mem), "backward: the block weights are held in bf16 (model.precision) and frozen; "
-              "their gradients are not computed");
+    TSR_CHECK(!(wg && m->w16_mem), "backward: the block weights (blocks.*.attn.qkv.weight, attn.proj.weight, "
+              "mlp.fc1.weight, mlp.fc2.weight) are held in bf16 only (model.precision bf16) and frozen; their "
+              "gradients are not computed");
     for (int l = L - 1; l >= l_stop; l--) {
         int k;
         const real *x = a->resid + l * BTD, *mid = a->mid + l * BTD;

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "core/real.h"
+#include "core/rng.h"
 
 typedef struct {
     int image_size, patch_size, channels; /* input (channels, image_size, image_size) */
@@ -161,10 +162,23 @@ typedef struct {
     real *perm_buf;        /* (B, K) */
     /* model.precision bf16 (float build; tsr_vit_set_precision): the frozen block weights in bf16, laid out
      * like their fp32 twins ((L, 3D, D), (L, D, D), (L, M, D), (L, D, M)); NULL in fp32. The forward
-     * products and the input-gradient products of qkv, proj, fc1, fc2 read them; the fp32 weights stay
-     * resident (checkpoints, merges and the fp32 paths read them). */
+     * products and the input-gradient products of qkv, proj, fc1, fc2 read them.
+     * While they exist the fp32 block weights are NOT in memory: their pages were given back (they read
+     * as zero). They are stored once, in bf16. Whoever needs their fp32 values reads them through
+     * tsr_param_reader (checkpoint.h: restored from where they came from, and checked), and code that
+     * would read or write them in place asks tsr_vit_released first and refuses, naming the tensor. */
     uint16_t *w16_mem, *qkvw16, *projw16, *fc1w16, *fc2w16;
+    /* Where the fp32 block weights came from, to restore them: TSR_W32_SEED (tsr_vit_init_random: w32_rng,
+     * the random stream's state at the start of each slice), TSR_W32_FILE (tsr_ckpt_load_vit: w32_path),
+     * TSR_W32_NONE (unknown: zeros from tsr_vit_create, or a load that failed). w32_hash: FNV-1a 64 of
+     * each slice's fp32 bytes when its bf16 copy was made; a restore must give the same bytes. */
+    int w32_src;
+    char *w32_path;
+    tsr_rng *w32_rng;   /* (4 L) */
+    uint64_t *w32_hash; /* (4 L) */
 } tsr_vit;
+
+enum { TSR_W32_NONE = 0, TSR_W32_SEED, TSR_W32_FILE };
 
 #define tsr_vit_create TSR_R(tsr_vit_create)
 #define tsr_vit_destroy TSR_R(tsr_vit_destroy)
@@ -197,11 +211,39 @@ void tsr_vit_zero_grad(tsr_vit *m);
 #define tsr_vit_zero_grad_for TSR_R(tsr_vit_zero_grad_for)
 void tsr_vit_zero_grad_for(tsr_vit *m, const tsr_vit_trainable *tr);
 void tsr_vit_keep_resid_grads(tsr_vit *m);
-/* bf16 = 1: (re)make the bf16 copy of the block weights from the fp32 ones (call again after changing
- * them); the block weights are then frozen (a backward pass that asks for their gradients stops with an
- * error). bf16 = 0: back to fp32, the copy freed. Float build only (the double build refuses bf16). 0 / -1. */
+/* bf16 = 1: make the bf16 copy of the block weights from the fp32 ones, slice by slice, each slice's fp32
+ * pages given back as soon as it is converted (nothing when the model is in bf16 already). The block
+ * weights are then frozen (a backward pass that asks for their gradients stops with an error). Called
+ * before the weights are written (right after tsr_vit_create), tsr_vit_init_random and tsr_ckpt_load_vit
+ * convert and release each slice as they write it, so the fp32 block weights are never all in memory.
+ * bf16 = 0: back to fp32: the fp32 block weights restored from their source (the seed or the checkpoint
+ * file) and checked against the bytes the bf16 copy was made from, then the copy freed; -1 with tsr_error
+ * naming the tensor when that is impossible (no source, the file changed or is gone, the weights were
+ * changed after init or load), and the model stays in bf16. Float build only (the double build refuses
+ * bf16). 0 / -1. */
 #define tsr_vit_set_precision TSR_R(tsr_vit_set_precision)
 int tsr_vit_set_precision(tsr_vit *m, int bf16);
+/* The block weight matrices in slices: slice s in [0, 4 L) is matrix s / L (0 qkv, 1 proj, 2 fc1, 3 fc2)
+ * of block s % L, elements [*off, *off + *n) of params_mem; slices are in memory order. */
+#define tsr_vit_slice TSR_R(tsr_vit_slice)
+void tsr_vit_slice(const tsr_vit *m, int s, size_t *off, size_t *n);
+/* A slice's checkpoint name (timm naming, "blocks.3.mlp.fc1.weight"). */
+#define tsr_vit_slice_name TSR_R(tsr_vit_slice_name)
+void tsr_vit_slice_name(const tsr_vit *m, int s, char *name, size_t len);
+/* The first slice that elements [off, off + n) of params_mem overlap whose fp32 values are not in memory
+ * (model.precision bf16), or -1 when the whole range is in memory. */
+#define tsr_vit_released TSR_R(tsr_vit_released)
+int tsr_vit_released(const tsr_vit *m, size_t off, size_t n);
+/* For readers and loaders in src/model: slice s's values from the seed (w32_src TSR_W32_SEED) into dst;
+ * check that vals are the bytes slice s's bf16 copy was made from (0, or -1 with tsr_error naming the
+ * tensor and `what` they came from); slice s was just written in fp32 in place: make its bf16 copy, record
+ * its hash and give its pages back (model in bf16 only). */
+#define tsr_vit_slice_from_seed TSR_R(tsr_vit_slice_from_seed)
+void tsr_vit_slice_from_seed(const tsr_vit *m, int s, real *dst);
+#define tsr_vit_slice_check TSR_R(tsr_vit_slice_check)
+int tsr_vit_slice_check(const tsr_vit *m, int s, const real *vals, const char *what);
+#define tsr_vit_slice_commit TSR_R(tsr_vit_slice_commit)
+void tsr_vit_slice_commit(tsr_vit *m, int s);
 /* Keep the attention probabilities of every block, L B H T^2 values, instead of recomputing them in the
  * backward (same gradients bitwise; one q k^T product and softmax per block less in the backward). */
 #define tsr_vit_store_attention TSR_R(tsr_vit_store_attention)
@@ -215,7 +257,8 @@ void tsr_vit_plan_backward(tsr_vit *m, const tsr_vit_trainable *tr);
 
 /* Enumerate checkpoint tensors in timm naming: i in [0, n) where n = 4 + 12*depth + 4 (returned by
  * calling with i = -1). Fills name, ndim, shape, and the pointer to the data inside `p` (params or
- * grads). Returns the count for i = -1, 0 on success, -1 for i out of range. */
+ * grads). Returns the count for i = -1, 0 on success, -1 for i out of range. In bf16 the block weights
+ * under those pointers are not in memory (tsr_vit_released): read them through a tsr_param_reader. */
 int tsr_vit_tensor_info(const tsr_vit *m, const tsr_vit_params *p, int i, char *name, size_t name_len,
                         int *ndim, int64_t shape[4], real **data);
 #endif

@@ -13,6 +13,7 @@
 #include "core/atomic.h"
 #include "core/common.h"
 #include "io/safetensors.h"
+#include "model/checkpoint.h"
 
 static int rm_ckpt(const char *dir) {
     char p[1400];
@@ -42,11 +43,20 @@ static long latest(const char *root, long below) {
     return best;
 }
 
+/* The model's parameters through a tsr_param_reader (model.precision bf16: the block weights are not in memory). */
+static int fill_model(void *ctx, void *dst, uint64_t offset, size_t n) {
+    return tsr_param_reader_get(ctx, (size_t)(offset / sizeof(float)), n / sizeof(float), dst);
+}
+
 static int write_state(const tsr_train_state *s, const char *path, long step, double first_loss, const char *cfg_text) {
     tsr_st_writer *w = tsr_st_writer_new();
     int64_t sh[1];
 #define ADD(name, ptr, n) do { sh[0] = (int64_t)(n); tsr_st_writer_add(w, name, TSR_DT_F32, 1, sh, ptr); } while (0)
-    ADD("model", s->m->params_mem, s->m->num_params);
+    /* the frozen block weights of a model in bf16 are read again from where the model got them */
+    tsr_param_reader *r = tsr_vit_released(s->m, 0, s->m->num_params) >= 0 ? tsr_param_reader_new(s->m) : NULL;
+    sh[0] = (int64_t)s->m->num_params;
+    if (r) tsr_st_writer_add_fill(w, "model", TSR_DT_F32, 1, sh, fill_model, r);
+    else ADD("model", s->m->params_mem, s->m->num_params);
     ADD("opt.model.m", s->om->m, s->om->n);
     ADD("opt.model.v", s->om->v, s->om->n);
     if (s->ad) {
@@ -71,6 +81,7 @@ static int write_state(const tsr_train_state *s, const char *path, long step, do
     tsr_st_writer_meta(w, "config", cfg_text);
     int rc = tsr_st_writer_write(w, path);
     tsr_st_writer_free(w);
+    tsr_param_reader_free(r);
     return rc;
 }
 
@@ -110,13 +121,56 @@ int tsr_state_save(const tsr_train_state *s, const char *out, long step, int kee
     return 0;
 }
 
-static int read_vec(const tsr_st_file *f, const char *name, float *dst, size_t n) {
+static const tsr_st_tensor *find_vec(const tsr_st_file *f, const char *name, size_t n) {
     const tsr_st_tensor *t = tsr_st_find(f, name);
-    if (!t) return tsr_error("%s: tensor '%s' missing", f->path, name);
-    if (t->numel != (int64_t)n)
-        return tsr_error("%s: tensor '%s' has %lld values, this run has %zu (a checkpoint of another configuration?)",
-                         f->path, name, (long long)t->numel, n);
-    return tsr_st_read_f32(f, t, dst, (int64_t)n);
+    if (!t) tsr_error("%s: tensor '%s' missing", f->path, name);
+    else if (t->numel != (int64_t)n)
+        tsr_error("%s: tensor '%s' has %lld values, this run has %zu (a checkpoint of another configuration?)",
+                  f->path, name, (long long)t->numel, n);
+    return t && t->numel == (int64_t)n ? t : NULL;
+}
+
+static int read_vec(const tsr_st_file *f, const char *name, float *dst, size_t n) {
+    const tsr_st_tensor *t = find_vec(f, name, n);
+    int rc = t ? tsr_st_read_f32(f, t, dst, (int64_t)n) : -1;
+    if (t) tsr_st_drop(f, t);
+    return rc;
+}
+
+/* The model's parameters. With the block weights in bf16 only (model.precision bf16) the checkpoint's are
+ * not read into the model: each is checked against the bytes the model's bf16 copy was made from (a
+ * checkpoint of another backbone is refused), the rest is read as usual. */
+static int read_model(const tsr_st_file *f, tsr_vit *m) {
+    if (tsr_vit_released(m, 0, m->num_params) < 0) return read_vec(f, "model", m->params_mem, m->num_params);
+    const tsr_st_tensor *t = find_vec(f, "model", m->num_params);
+    if (!t) return -1;
+    size_t off = 0, most = 0;
+    for (int k = 0; k < 4; k++) {
+        size_t so, sn;
+        tsr_vit_slice(m, k * m->cfg.depth, &so, &sn);
+        if (sn > most) most = sn;
+    }
+    float *buf = tsr_malloc(sizeof(float) * most);
+    int rc = 0;
+    for (int s = 0; s < 4 * m->cfg.depth && rc == 0; s++) {
+        size_t so, sn;
+        tsr_vit_slice(m, s, &so, &sn);
+        if (so > off) rc = tsr_st_read_f32_at(f, t, (int64_t)off, m->params_mem + off, (int64_t)(so - off));
+        if (rc == 0) rc = tsr_st_read_f32_at(f, t, (int64_t)so, buf, (int64_t)sn);
+        if (rc == 0 && tsr_vit_slice_check(m, s, buf, f->path) != 0) {
+            char nm[64];
+            tsr_vit_slice_name(m, s, nm, sizeof nm);
+            rc = tsr_error("%s: tensor 'model': its %s differs from the frozen backbone this run holds in bf16 "
+                           "(model.precision bf16; loaded from run.init or made from run.seed): a checkpoint of "
+                           "another backbone", f->path, nm);
+        }
+        off = so + sn;
+    }
+    if (rc == 0 && off < m->num_params)
+        rc = tsr_st_read_f32_at(f, t, (int64_t)off, m->params_mem + off, (int64_t)(m->num_params - off));
+    free(buf);
+    tsr_st_drop(f, t);
+    return rc;
 }
 
 long tsr_state_load_latest(tsr_train_state *s, const char *out, double *first_loss) {
@@ -127,7 +181,7 @@ long tsr_state_load_latest(tsr_train_state *s, const char *out, double *first_lo
     snprintf(p, sizeof p, "%s/step-%08ld/state.safetensors", root, step);
     tsr_st_file f;
     if (tsr_st_open(&f, p) != 0) return -1;
-    int bad = read_vec(&f, "model", s->m->params_mem, s->m->num_params) || read_vec(&f, "opt.model.m", s->om->m, s->om->n) ||
+    int bad = read_model(&f, s->m) || read_vec(&f, "opt.model.m", s->om->m, s->om->n) ||
               read_vec(&f, "opt.model.v", s->om->v, s->om->n);
     if (!bad && s->ad)
         bad = read_vec(&f, "adapters", s->ad->params, s->ad->num_params) ||

@@ -4,7 +4,10 @@
  * copies), AdamW moments and step counts, the step, the first loss. Everything else a step needs is a
  * pure function of (seed, step) (the sampler, augmentation, routing noise, dropout, MoSA draws), so a
  * resumed run continues bit for bit. Written into step-N.tmp, fsynced, DONE added, then renamed;
- * --resume takes the newest directory that has DONE. */
+ * --resume takes the newest directory that has DONE.
+ * model.precision bf16: the frozen block weights are written all the same (read again from run.init or
+ * made again from run.seed, through a tsr_param_reader, a piece at a time, never all in memory); loading
+ * checks them against the model's instead of reading them (a checkpoint of another backbone is refused). */
 #ifndef TSR_TRAIN_STATE_H
 #define TSR_TRAIN_STATE_H
 #include "adapters/adapters.h"

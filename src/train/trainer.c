@@ -69,14 +69,21 @@ static int setup_data(tsr_trainer *T) {
     return 0;
 }
 
-/* The backbone: run.init (its classifier replaced by a zero head with run.reset_head) or random. */
+/* The model, its parameters still zero: they are written by setup_weights, after the precision is set, so
+ * that in bf16 the fp32 block weights are never all in memory. */
 static int setup_model(tsr_trainer *T) {
     const tsr_config *cfg = T->cfg;
     tsr_vit_config vc = {(int)cfg->model.image_size, (int)cfg->model.patch_size, (int)cfg->model.channels,
                          (int)cfg->model.dim, (int)cfg->model.depth, (int)cfg->model.heads,
                          (int)cfg->model.mlp_dim, (int)cfg->model.num_classes, cfg->model.ln_eps};
     T->vc = vc;
-    if (tsr_vit_create(&T->m, &vc, T->B) != 0) return -1;
+    return tsr_vit_create(&T->m, &vc, T->B);
+}
+
+/* The backbone's weights: run.init (its classifier replaced by a zero head with run.reset_head) or random. In
+ * bf16 each block weight is converted and its fp32 copy dropped as it is read (tsr_ckpt_load_vit). */
+static int setup_weights(tsr_trainer *T) {
+    const tsr_config *cfg = T->cfg;
     if (!cfg->run.init[0]) {
         tsr_vit_init_random(&T->m, (uint64_t)cfg->run.seed);
         INFO(T, "backbone: random initialisation (run.init is empty)");
@@ -351,9 +358,10 @@ static int setup_precision(tsr_trainer *T) {
     if (tsr_dist_fail_together(T->comm, fail, &T->ctx->log)) return -1;
     if (use) {
         size_t D = T->vc.dim, L = T->vc.depth, M = T->vc.mlp_dim;
-        INFO(T, "precision: block weights qkv, proj, fc1, fc2 in bf16 (%.2f MB; their fp32 copy stays for "
-             "checkpoints and outputs), products with bf16 inputs and fp32 sums",
-             2.0 * (double)(L * (4 * D * D + 2 * D * M)) / 1e6);
+        INFO(T, "precision: block weights qkv, proj, fc1, fc2 in bf16 (%.2f MB), stored once: their fp32 copy "
+             "(%.2f MB) is not kept (checkpoints and outputs read it again from %s), products with bf16 inputs "
+             "and fp32 sums", 2.0 * (double)(L * (4 * D * D + 2 * D * M)) / 1e6,
+             4.0 * (double)(L * (4 * D * D + 2 * D * M)) / 1e6, cfg->run.init[0] ? "run.init" : "run.seed");
     }
     return 0;
 }
@@ -364,6 +372,8 @@ static int setup(tsr_trainer *T) {
     if (tsr_dist_fail_together(T->comm, fail, &T->ctx->log)) return -1;
     setup_optim(T);
     if (setup_precision(T) != 0) return -1;
+    fail = setup_weights(T) != 0;
+    if (tsr_dist_fail_together(T->comm, fail, &T->ctx->log)) return -1;
     tsr_vit_plan_backward(&T->m, &T->tr); /* blocks below the lowest trained one keep no activations */
     const tsr_config *cfg = T->cfg;
     INFO(T, "method: mode %s, adapter %s, routing %s%s, %d modules, trainable parameters %zu (backbone %zu)",
@@ -600,7 +610,7 @@ static int start_run(tsr_trainer *T, run_clock *ck) {
         long got = tsr_state_load_latest(&s, cfg->run.output_dir, &ck->first_loss);
         fail = got < 0;
         ck->start_step = got > 0 ? got : 0;
-        if (got > 0 && T->m.w16_mem && tsr_vit_set_precision(&T->m, 1) != 0) fail = 1; /* the weights read back */
+        /* in bf16 the checkpoint's block weights were checked against the model's, not read (state.h) */
         if (got > 0) INFO(T, "resume: from the checkpoint of step %ld", got);
         else if (got == 0) INFO(T, "resume: no complete checkpoint in %s/checkpoints: starting at step 0", cfg->run.output_dir);
     }

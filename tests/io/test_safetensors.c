@@ -606,6 +606,115 @@ static void expect_writer_error(const char *file, tsr_st_writer *w, const char *
     tsr_st_writer_free(w);
 }
 
+/* ------------------------------------------------------------------ filled tensors, ranges, dropped pages */
+
+/* value i of the filled tensors */
+static float fill_value(uint64_t i) { return (float)(i % 1000003) * 0.5f - 7.0f; }
+
+typedef struct {
+    tsr_dtype dt;
+    uint64_t next;    /* the offset the next call must ask for (in order, no gaps) */
+    int calls, fail_at; /* fail_at: that call fails (0: none) */
+} fill_state;
+
+static int fill_fn(void *ctx, void *dst, uint64_t off, size_t n) {
+    fill_state *c = ctx;
+    size_t es = tsr_dtype_size(c->dt);
+    assert_int_equal(off, c->next);
+    assert_true(n > 0 && n <= ((size_t)1 << 22) && off % 8 == 0 && n % es == 0);
+    c->next = off + n;
+    if (++c->calls == c->fail_at) return tsr_error("the source is gone");
+    for (size_t i = 0; i < n / es; i++) {
+        float v = fill_value(off / es + i);
+        if (c->dt == TSR_DT_F32) memcpy((char *)dst + 4 * i, &v, 4);
+        else {
+            double d = v;
+            memcpy((char *)dst + 8 * i, &d, 8);
+        }
+    }
+    return 0;
+}
+
+static long statm_resident(void) {
+    long size = 0, res = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    assert_non_null(f);
+    assert_int_equal(fscanf(f, "%ld %ld", &size, &res), 2);
+    fclose(f);
+    return res * sysconf(_SC_PAGESIZE);
+}
+
+static void test_fill_ranges_drop(void **state) {
+    char path[256];
+    mkpath(path, sizeof path, "filled.safetensors");
+    enum { N = 3 << 20 }; /* 12 MiB of F32: three pieces */
+    const int64_t shape[2] = {3 << 10, 1 << 10}, small[1] = {5}, dshape[1] = {1000};
+    const float head[5] = {1, 2, 3, 4, 5};
+    fill_state big = {TSR_DT_F32, 0, 0, 0}, dbl = {TSR_DT_F64, 0, 0, 0};
+    tsr_st_writer *w = tsr_st_writer_new();
+    tsr_st_writer_add(w, "head", TSR_DT_F32, 1, small, head);
+    tsr_st_writer_add_fill(w, "big", TSR_DT_F32, 2, shape, fill_fn, &big);
+    tsr_st_writer_add_fill(w, "doubles", TSR_DT_F64, 1, dshape, fill_fn, &dbl);
+    if (tsr_st_writer_write(w, path) != 0) fail_msg("write: %s", tsr_last_error());
+    tsr_st_writer_free(w);
+    assert_int_equal(big.calls, 3);
+    assert_int_equal(big.next, (uint64_t)N * 4);
+    assert_int_equal(dbl.calls, 1);
+
+    float *v = malloc(sizeof(float) * N);
+    assert_non_null(v);
+    memset(v, 0, sizeof(float) * N); /* resident before the measurement below */
+    tsr_st_file f;
+    assert_int_equal(tsr_st_open(&f, path), 0);
+    assert_int_equal(f.mapped, 1);
+    const tsr_st_tensor *t = tsr_st_find(&f, "big"), *d = tsr_st_find(&f, "doubles");
+    long r0 = statm_resident();
+    assert_int_equal(tsr_st_read_f32(&f, t, v, N), 0);
+    long r1 = statm_resident();
+    tsr_st_drop(&f, t);
+    long r2 = statm_resident();
+    printf("  12 MiB tensor: resident %+ld KiB after reading it, %+ld KiB after tsr_st_drop\n", (r1 - r0) / 1024,
+           (r2 - r1) / 1024);
+    assert_true(r1 - r0 >= 11L << 20); /* the file's pages, mapped */
+    assert_true(r1 - r2 >= 11L << 20); /* given back */
+    for (size_t i = 0; i < N; i++)
+        if (v[i] != fill_value(i)) fail_msg("big[%zu] = %g, expected %g", i, v[i], fill_value(i));
+    /* ranges: the same values; after the drop too (read again from the file); other dtypes converted */
+    float part[300];
+    assert_int_equal(tsr_st_read_f32_at(&f, t, (int64_t)N - 300, part, 300), 0);
+    assert_memory_equal(part, v + N - 300, sizeof part);
+    assert_int_equal(tsr_st_read_f32_at(&f, d, 700, part, 300), 0);
+    for (int i = 0; i < 300; i++) assert_true(part[i] == fill_value(700 + (uint64_t)i));
+    assert_int_equal(tsr_st_read_f32_at(&f, d, 701, part, 300), -1);
+    const char *nd[] = {"tensor 'doubles'", "[701, 1001)", "outside"};
+    check_error(path, nd, 3);
+    assert_int_equal(tsr_st_read_f32_at(&f, d, -1, part, 1), -1);
+    tsr_st_close(&f);
+    free(v);
+
+    /* a fill that fails: the write fails with its message, names the tensor, and leaves no file */
+    char dir[256], p2[300];
+    mkpath(dir, sizeof dir, "fillfail");
+    assert_int_equal(mkdir(dir, 0755), 0);
+    snprintf(p2, sizeof p2, "%s/x.safetensors", dir);
+    fill_state bad = {TSR_DT_F32, 0, 0, 2};
+    w = tsr_st_writer_new();
+    tsr_st_writer_add_fill(w, "big", TSR_DT_F32, 2, shape, fill_fn, &bad);
+    assert_int_equal(tsr_st_writer_write(w, p2), -1);
+    tsr_st_writer_free(w);
+    const char *nf[] = {"tensor 'big'", "the source is gone"};
+    check_error(p2, nf, 2);
+    int ntmp;
+    assert_int_equal(count_dir_entries(dir, &ntmp), 0);
+    /* a NULL fill function is an argument error */
+    w = tsr_st_writer_new();
+    tsr_st_writer_add_fill(w, "big", TSR_DT_F32, 2, shape, NULL, NULL);
+    assert_int_equal(tsr_st_writer_write(w, p2), -1);
+    tsr_st_writer_free(w);
+    const char *nn[] = {"fill function is NULL"};
+    check_error(p2, nn, 1);
+}
+
 static void test_writer_argument_errors(void **state) {
     const float v[2] = {1, 2};
     const int64_t s1[1] = {2};
@@ -898,6 +1007,7 @@ int main(void) {
         cmocka_unit_test(test_bf16_known_values),
         cmocka_unit_test(test_expect_shape),
         cmocka_unit_test(test_overwrite_no_temp_left),
+        cmocka_unit_test(test_fill_ranges_drop),
         cmocka_unit_test(test_writer_argument_errors),
         cmocka_unit_test(test_accepts_valid_variants),
         cmocka_unit_test(test_file_level_errors),

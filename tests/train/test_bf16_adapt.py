@@ -8,7 +8,9 @@ seed: the difference comes only from bf16 rounding in the forward and input-grad
 images), and so do the training losses of every logging window (mean of 10 steps) within 0.01 (seen:
 3e-4; the accuracy alone is a blunt check here: halving fc1's bf16 weights moved it by 0.002 but the
 losses by 0.036); auto logs both timings and its decision; full
-fine-tuning refuses bf16 naming the key and keeps fp32 under auto. On a machine without a bf16 product
+fine-tuning refuses bf16 naming the key and keeps fp32 under auto. The bf16 model keeps its block weights in
+bf16 only: its model.safetensors still holds them in fp32 bit for bit as run.init has them (read again from
+the file), and so does its training-state checkpoint, from which --resume continues. On a machine without a bf16 product
 (no oneDNN, or a CPU it cannot run bf16 on) explicit bf16 must be refused with a message naming
 model.precision, and the comparison is skipped.
 
@@ -19,6 +21,10 @@ import re
 import subprocess
 import sys
 import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "torch"))
+import st  # noqa: E402
+import numpy as np  # noqa: E402
 
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
 SMALL = ["model.dim=32", "model.depth=2", "model.heads=2", "model.mlp_dim=64", "train.steps=60",
@@ -40,8 +46,8 @@ def check(cond, what):
         failed += 1
 
 
-def adapt(exe, cfg, out, extra=()):
-    args = [exe, "adapt", cfg]
+def adapt(exe, cfg, out, extra=(), resume=False):
+    args = [exe, "adapt", cfg] + (["--resume"] if resume else [])
     for s in SMALL + [f"run.output_dir={out}"] + list(extra):
         args += ["--set", s]
     r = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=600)
@@ -51,6 +57,25 @@ def adapt(exe, cfg, out, extra=()):
 
 def losses(log):
     return [float(x) for x in re.findall(r"step +\d+/\d+  loss ([0-9.]+)", log)]
+
+
+def check_bf16_outputs(exe, cfg, out, backbone, init):
+    """A bf16 run's model.safetensors and state checkpoint hold the block weights of run.init bit for bit; --resume."""
+    bw = st.load(backbone)[0]
+    mw = st.load(os.path.join(out, "model.safetensors"))[0]
+    names = [k for k in bw if re.match(r"blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.weight$", k)]
+    same = len(names) == 8 and all(k in mw and mw[k].dtype == bw[k].dtype and (mw[k] == bw[k]).all() for k in names)
+    check(same, f"bf16: model.safetensors holds the {len(names)} fp32 block weights of run.init bit for bit")
+    sv = st.load(os.path.join(out, "checkpoints", "step-00000060", "state.safetensors"))[0]["model"]
+    flat = np.concatenate([bw[k].ravel() for k in names])
+    check(sv.dtype == np.float32 and np.isin(flat, sv).all() and int(np.count_nonzero(sv)) >= flat.size,
+          "bf16: the training-state checkpoint holds the fp32 block weights (not zeros)")
+    rc, _, log = adapt(exe, cfg, out, init + ["model.precision=bf16", "run.checkpoint_every=30"], resume=True)
+    m2 = st.load(os.path.join(out, "model.safetensors"))[0] if rc == 0 else {}
+    check(rc == 0 and "resume: from the checkpoint of step 60" in log and all(
+        k in m2 and (m2[k] == mw[k]).all() for k in mw), "bf16: --resume from the checkpoint, the same parameters")
+    if rc != 0:
+        print(log[-2000:])
 
 
 def main():
@@ -82,7 +107,8 @@ def main():
                 cfg = os.path.join(cfgs, method + ".yaml")
                 res = {}
                 for p in ("fp32", "bf16"):
-                    rc, acc, log = adapt(exe, cfg, os.path.join(tmp, f"{method}_{p}"), init + [f"model.precision={p}"])
+                    ck = ["run.checkpoint_every=30"] if p == "bf16" and method == "lora" else []
+                    rc, acc, log = adapt(exe, cfg, os.path.join(tmp, f"{method}_{p}"), init + [f"model.precision={p}"] + ck)
                     check(rc == 0 and acc is not None, f"{method} {p}: exits 0 with a test accuracy")
                     if rc != 0:
                         print(log[-3000:])
@@ -97,6 +123,9 @@ def main():
                 if a32 is not None and a16 is not None:
                     check(abs(a32 - a16) <= TOL, f"{method}: final test accuracy fp32 {a32:.4f}, bf16 {a16:.4f} "
                           f"(|diff| {abs(a32 - a16):.4f} <= {TOL})")
+                if method == "lora" and res["bf16"][0] is not None:
+                    check_bf16_outputs(exe, cfg, os.path.join(tmp, "lora_bf16"), os.path.join(bb, "backbone.safetensors"),
+                                       init)
         # auto: a decision with its reason (both timings when the CPU has native bf16)
         rc, acc, log = adapt(exe, os.path.join(cfgs, "lora.yaml"), os.path.join(tmp, "auto"),
                              ["model.precision=auto", "train.steps=2", "train.eval_every=2", "train.eval_limit=10"])

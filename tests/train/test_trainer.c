@@ -1,6 +1,7 @@
 /* test_trainer.c: the trainer's own pieces (src/train/): the sampler is independent of the rank count,
  * the augmentation is a reflect-padded crop [+ flip], a training-state
- * checkpoint round trip is exact, and one step of tsr_train_run equals an AdamW update
+ * checkpoint round trip is exact (also with the block weights in bf16 only, model.precision bf16: the
+ * checkpoint holds their fp32 values all the same, and a checkpoint of another backbone is refused), and one step of tsr_train_run equals an AdamW update
  * computed by hand from the model's gradient on the same batch. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -253,6 +254,54 @@ static void test_state_round_trip(void **st) {
     tsr_vit_destroy(&m2);
 }
 
+/* model.precision bf16: the fp32 block weights are not in memory; the checkpoint gets them from the source (here
+ * the seed), equal to an fp32 model's bit for bit; loading checks them instead of reading them. */
+static void test_state_bf16(void **st) {
+    (void)st;
+    tsr_vit_config vc = {8, 4, 1, 32, 2, 2, 64, 3, 1e-6}; /* slices of 1024 to 3072 values: several pages */
+    tsr_vit m32, m, m2, m3;
+    tsr_vit *ms[4] = {&m32, &m, &m2, &m3};
+    const uint64_t seeds[4] = {7, 7, 7, 8};
+    tsr_adamw om[4];
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(tsr_vit_create(ms[i], &vc, 2), 0);
+        if (i) assert_int_equal(tsr_vit_set_precision(ms[i], 1), 0);
+        tsr_vit_init_random(ms[i], seeds[i]);
+        tsr_adamw_init(&om[i], ms[i]->num_params, 0.9, 0.999, 1e-8);
+    }
+    size_t hoff = (size_t)(m.params.headw - m.params_mem), nh = m.num_params - hoff;
+    fill(m32.params_mem + hoff, nh, 1); /* a trained head */
+    fill(m.params_mem + hoff, nh, 1);
+    fill(om[1].m + hoff, nh, 2);
+    fill(om[1].v + hoff, nh, 3);
+    om[1].t = 4;
+    tsr_train_state s = {&m, NULL, NULL, &om[1], NULL, NULL};
+    const char *out = tpath("bf16");
+    assert_int_equal(tsr_state_save(&s, out, 4, 1, 1.5, "a: 1\n"), 0);
+    tsr_st_file f;
+    assert_int_equal(tsr_st_open(&f, tpath("bf16/checkpoints/step-00000004/state.safetensors")), 0);
+    const tsr_st_tensor *t = tsr_st_find(&f, "model");
+    assert_non_null(t);
+    assert_int_equal(t->numel, (int64_t)m.num_params);
+    assert_memory_equal(tsr_st_data(&f, t), m32.params_mem, sizeof(float) * m.num_params); /* the fp32 model */
+    tsr_st_close(&f);
+    double first = 0;
+    tsr_train_state s2 = {&m2, NULL, NULL, &om[2], NULL, NULL};
+    assert_int_equal(tsr_state_load_latest(&s2, out, &first), 4);
+    assert_memory_equal(m2.params_mem + hoff, m.params_mem + hoff, sizeof(float) * nh);
+    assert_memory_equal(om[2].m, om[1].m, sizeof(float) * m.num_params);
+    assert_non_null(m2.w16_mem);
+    assert_memory_equal(m2.w16_mem, m.w16_mem, sizeof(uint16_t) * (m.param_sizes[6] + m.param_sizes[8] +
+                                                                  m.param_sizes[12] + m.param_sizes[14]));
+    tsr_train_state s3 = {&m3, NULL, NULL, &om[3], NULL, NULL}; /* another seed: another backbone */
+    assert_int_equal(tsr_state_load_latest(&s3, out, &first), -1);
+    expect_error("'model'", "blocks.0.attn.qkv.weight", "another backbone", NULL);
+    for (int i = 0; i < 4; i++) {
+        tsr_adamw_free(&om[i]);
+        tsr_vit_destroy(ms[i]);
+    }
+}
+
 /* One step of a linear probe through tsr_train_run (the sampler, the data, the loss, the all-reduce
  * path, AdamW) against the update computed here: the batch drawn by the sampler, the model's gradient of
  * the mean loss, and AdamW's first step by hand: p - lr * g / (|g| + eps) (bias-corrected moments of one
@@ -333,6 +382,7 @@ int main(void) {
         cmocka_unit_test(test_augment_deterministic),
         cmocka_unit_test(test_augment_crop_flip),
         cmocka_unit_test(test_state_round_trip),
+        cmocka_unit_test(test_state_bf16),
         cmocka_unit_test(test_one_step_by_hand),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);

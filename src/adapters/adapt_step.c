@@ -99,6 +99,7 @@ void tsr_mosa_begin(tsr_mosa *mo, long step, int view) {
             bias_copy(mo, k, side, i, 1);
         }
     }
+    ad->view = view; /* the view's own dropout masks (and routing noise) */
     mo->swapped = 1;
 }
 
@@ -124,6 +125,7 @@ void tsr_mosa_end(tsr_mosa *mo) {
     }
     for (size_t j = 0; j < ad->num_params; j++) ad->grads[j] += mo->gacc[j];
     memcpy(ad->params, mo->dense, sizeof(real) * ad->num_params);
+    ad->view = 0;
     mo->swapped = 0;
 }
 

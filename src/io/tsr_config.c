@@ -121,6 +121,9 @@ const cfg_field tsr_config_schema[] = {
       "weight of the two-view consistency loss (0 = off)"),
     F("mosa.baseline", CFG_BOOL, mosa.baseline, 1, 0, NULL, "false",
       "the fixed-random-mask sparse-adapter baseline (module 0 only) instead of MoSA"),
+    F("mosa.bias", CFG_ENUM, mosa.bias, 1, 0, "split|shared", "\"split\"",
+      "bias of a split projection: split (one copy per module, the released code) | shared (one bias trained "
+      "by every module: MoSA then trains exactly the dense adapter's parameters)"),
     /* optim */
     F("optim.routing_lr", CFG_FLOAT, optim.routing_lr, 0, 100, NULL, "0.1", "learning rate of routing logits"),
     F("optim.routing_wd", CFG_FLOAT, optim.routing_wd, 0, 10, NULL, "0.0", "weight decay of routing logits"),

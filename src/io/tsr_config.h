@@ -84,6 +84,7 @@ typedef struct {
         char split[CFG_STR_MAX];     /* "up" | "down" | "both" */
         double consistency;          /* weight of the two-view consistency loss (0 = off) */
         bool baseline;               /* fixed sparse mask, module 0 only */
+        char bias[CFG_STR_MAX];      /* "split" (a bias copy per module) | "shared" (one bias for all modules) */
     } mosa;
     struct {
         double routing_lr, routing_wd, adapter_lr, adapter_wd, head_lr, head_wd, backbone_lr, backbone_wd;

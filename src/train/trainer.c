@@ -139,6 +139,57 @@ static int adapter_config_from(const tsr_config *cfg, tsr_adapter_config *ac, in
     return 0;
 }
 
+static void sites_text(char *buf, size_t n, int mask, int lora) {
+    static const char *ln[TSR_NLORA] = {"q", "k", "v", "proj", "fc1", "fc2"};
+    static const char *bn[TSR_NBN] = {"parallel", "houlsby_attn", "mlp_seq"};
+    size_t o = 0;
+    buf[0] = 0;
+    for (int i = 0; i < (lora ? TSR_NLORA : TSR_NBN); i++)
+        if (mask & (1 << i)) o += (size_t)snprintf(buf + o, o < n ? n - o : 0, "%s%s", o ? ", " : "", lora ? ln[i] : bn[i]);
+}
+
+int tsr_train_check_init(const tsr_config *cfg) {
+    if (!cfg->adapter.init[0] || strcmp(cfg->adapter.kind, "none") == 0) return 0;
+    tsr_adapter_config f, c;
+    int depth, dim, mlp;
+    if (tsr_adapters_load_config(cfg->adapter.init, &f, &depth, &dim, &mlp) != 0) return tsr_error_context("adapter.init");
+    if (adapter_config_from(cfg, &c, 1) != 0) return -1;
+    char diff[2048], a[96], b[96];
+    size_t o = 0;
+#define DIFF(...) (o += (size_t)snprintf(diff + o, o < sizeof diff ? sizeof diff - o : 0, __VA_ARGS__))
+    if (!!f.lora_sites != !!c.lora_sites) DIFF("; adapter.kind: the file holds %s, the configuration says %s",
+                                               f.lora_sites ? "lora" : "bottleneck", cfg->adapter.kind);
+    else if (c.lora_sites) {
+        if (f.lora_sites != c.lora_sites) {
+            sites_text(a, sizeof a, f.lora_sites, 1);
+            sites_text(b, sizeof b, c.lora_sites, 1);
+            DIFF("; adapter.lora_sites: [%s] in the file, [%s] in the configuration", a, b);
+        }
+        if (f.lora_rank != c.lora_rank) DIFF("; adapter.lora_rank: %d vs %d", f.lora_rank, c.lora_rank);
+        if (fabs(f.lora_alpha / f.lora_rank - c.lora_alpha / c.lora_rank) > 1e-12 * fabs(c.lora_alpha / c.lora_rank))
+            DIFF("; LoRA scale (adapter.lora_alpha / adapter.lora_rank): %g vs %g", f.lora_alpha / f.lora_rank,
+                 c.lora_alpha / c.lora_rank);
+        if (f.lora_init_peft != c.lora_init_peft)
+            DIFF("; adapter.lora_init: %s vs %s", f.lora_init_peft ? "peft" : "authors", c.lora_init_peft ? "peft" : "authors");
+    } else {
+        if (f.bn_sites != c.bn_sites) {
+            sites_text(a, sizeof a, f.bn_sites, 0);
+            sites_text(b, sizeof b, c.bn_sites, 0);
+            DIFF("; adapter.placement: [%s] in the file, [%s] in the configuration", a, b);
+        }
+        if (f.bn_dim != c.bn_dim) DIFF("; adapter.bottleneck: %d vs %d", f.bn_dim, c.bn_dim);
+        if (f.bn_scale != c.bn_scale) DIFF("; adapter.scale: %g vs %g", f.bn_scale, c.bn_scale);
+        if (f.bn_dropout != c.bn_dropout) DIFF("; adapter.dropout: %g vs %g", f.bn_dropout, c.bn_dropout);
+        if (f.bn_relu != c.bn_relu) DIFF("; adapter.activation: %s vs %s", f.bn_relu ? "relu" : "gelu", c.bn_relu ? "relu" : "gelu");
+    }
+    if (f.skills != c.skills) DIFF("; adapter.skills (with adapter.routing): %d vs %d", f.skills, c.skills);
+    if (f.heads != c.heads) DIFF("; adapter.heads (with adapter.routing): %d vs %d", f.heads, c.heads);
+#undef DIFF
+    if (!o) return 0;
+    return tsr_error("adapter.init: %s was not made by this adapter configuration (file vs configuration)%s",
+                     cfg->adapter.init, diff);
+}
+
 /* Adapters from a pre-trained file (adapter.init), used as adapter.fewshot says. */
 static int adapters_from_file(tsr_trainer *T) {
     const tsr_config *cfg = T->cfg;
@@ -154,6 +205,7 @@ static int adapters_from_file(tsr_trainer *T) {
         return tsr_error_context("adapter.init");
     T->pre.ln_eps = vc->ln_eps;
     if (tsr_adapters_load(&T->pre, init) != 0) return tsr_error_context("adapter.init");
+    if (tsr_train_check_init(cfg) != 0) WARN(T, "%s", tsr_last_error());
     tsr_adapter_config nc = ac;
     nc.n_tasks = T->ntasks;
     if (strcmp(v, "mu") == 0) {
@@ -194,6 +246,7 @@ static int setup_adapters(tsr_trainer *T) {
         int split = strcmp(cfg->mosa.split, "up") == 0     ? TSR_MOSA_SPLIT_UP
                     : strcmp(cfg->mosa.split, "down") == 0 ? TSR_MOSA_SPLIT_DOWN
                                                            : TSR_MOSA_SPLIT_UP | TSR_MOSA_SPLIT_DOWN;
+        if (strcmp(cfg->mosa.bias, "shared") == 0) split |= TSR_MOSA_SHARE_BIAS;
         if (tsr_mosa_create(&T->mo, &T->ad, (int)cfg->mosa.modules, split, cfg->mosa.baseline, (uint64_t)cfg->run.seed) != 0)
             return -1;
         T->mop = &T->mo;
@@ -229,7 +282,8 @@ static void setup_optim(tsr_trainer *T) {
     if (!T->z_only) {
         if (ad->off_bias > 0) tsr_adamw_add_group(&T->oa, 0, ad->off_bias, cfg->optim.adapter_lr, cfg->optim.adapter_wd);
         if (ad->off_Z > ad->off_bias) tsr_adamw_add_group(&T->oa, ad->off_bias, ad->off_Z - ad->off_bias, cfg->optim.adapter_lr, 0);
-        T->trainable += ad->off_Z;
+        /* what is trained: the sparse baseline trains module 0's elements of its split tensors only */
+        T->trainable += T->mop ? tsr_mosa_trained(T->mop, 0, ad->off_Z) : ad->off_Z;
     }
     if (ad->num_params > ad->off_Z) {
         tsr_adamw_add_group(&T->oa, ad->off_Z, ad->num_params - ad->off_Z, cfg->optim.routing_lr, cfg->optim.routing_wd);
@@ -238,7 +292,7 @@ static void setup_optim(tsr_trainer *T) {
     if (T->mop && T->mo.nbias) {
         tsr_adamw_init(&T->ob, T->mo.nbias, 0.9, 0.999, 1e-8);
         tsr_adamw_add_group(&T->ob, 0, T->mo.nbias, cfg->optim.adapter_lr, 0);
-        T->trainable += T->mo.nbias;
+        T->trainable += T->mo.baseline ? T->mo.bias_row : T->mo.nbias; /* the baseline trains module 0's copy */
     }
 }
 

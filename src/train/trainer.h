@@ -58,4 +58,12 @@ typedef struct {
 int tsr_train_run(const tsr_ctx *ctx, const tsr_config *cfg, const char *cfg_text, const tsr_train_opts *opts,
                   tsr_train_result *res);
 void tsr_train_result_free(tsr_train_result *res);
+
+/* adapter.init (a tessera adapters file) against the adapter.* keys of cfg: was it made by this adapter
+ * configuration? Compared: the kind, LoRA sites, rank, scale (alpha / rank) and A initialisation, or the
+ * bottleneck placement, width, scale, dropout and activation, and the skills and heads of the routing.
+ * 0 when they agree (or there is no adapter.init), -1 with tsr_error naming every key that differs and
+ * both values. The trainer uses the file's configuration and warns on a difference; tessera fewshot
+ * refuses one (a stale pre-training run would silently be another method). */
+int tsr_train_check_init(const tsr_config *cfg);
 #endif

@@ -147,7 +147,11 @@ const cfg_field tsr_config_schema[] = {
     F("run.init", CFG_STRING, run.init, 1, 0, NULL, "\"\"",
       "initial weights: \"\" = random initialisation, otherwise a checkpoint path"),
     F("run.reset_head", CFG_BOOL, run.reset_head, 1, 0, NULL, "false",
-      "ignore run.init's classifier and start from a zero head of model.num_classes outputs (new tasks)"),
+      "ignore run.init's classifier and start from a new head of model.num_classes outputs (new tasks; run.head_init)"),
+    F("run.head_init", CFG_ENUM, run.head_init, 1, 0, "auto|zero|prototype", "\"auto\"",
+      "a new head (run.reset_head, or no run.init) starts as: zero | prototype (class means of the training "
+      "examples' features: the nearest-class-mean classifier, docs/FEWSHOT.md) | auto (prototype when data.shots "
+      "> 0, i.e. few-shot runs and tessera fewshot entries; zero otherwise)"),
     /* fewshot */
     F("fewshot.methods", CFG_STRING_LIST, fewshot.methods, 1, 0, NULL,
       "[lora, shared_lora, poly, mhr, mhr_z, mhr_mu, adapter, mosa, probe, full]",
@@ -196,6 +200,9 @@ static int cross_checks(const tsr_config *c, const char *src) {
             return tsr_error("%s: data.std[%d] must be > 0, got %g", src, i, c->data.std.v[i]);
     if (!c->data.path[0]) return tsr_error("%s: data.path must not be empty", src);
     if (!c->run.output_dir[0]) return tsr_error("%s: run.output_dir must not be empty", src);
+    if (strcmp(c->run.head_init, "prototype") == 0 && c->run.init[0] && !c->run.reset_head)
+        return tsr_error("%s: run.head_init prototype makes a new head, but run.reset_head is false (run.init's "
+                         "classifier is kept): set run.reset_head: true, or run.head_init: auto", src);
     return 0;
 }
 

@@ -96,7 +96,8 @@ typedef struct {
         char init[CFG_STR_MAX];       /* "" = random initialisation, otherwise a checkpoint path */
         long checkpoint_every;        /* steps between checkpoints (0 = only on a stop signal) */
         long keep_checkpoints;        /* complete checkpoints kept */
-        bool reset_head;              /* ignore run.init's classifier: a zero head for new tasks */
+        bool reset_head;              /* ignore run.init's classifier: a new head for new tasks */
+        char head_init[CFG_STR_MAX];  /* a new head: "auto" | "zero" | "prototype" (class-mean features) */
     } run;
     struct {
         cfg_string_list methods;      /* few-shot methods (docs/FEWSHOT.md) */

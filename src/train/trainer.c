@@ -412,6 +412,107 @@ static int setup_precision(tsr_trainer *T) {
     return 0;
 }
 
+/* Does this run start its (new) head from class-mean features? run.head_init prototype, or auto with
+ * data.shots > 0; only for a new head (run.reset_head, or no run.init), never for tessera train or the
+ * gradient pass. */
+static int head_is_prototype(const tsr_trainer *T) {
+    const tsr_config *cfg = T->cfg;
+    if (T->opts->backbone || T->opts->grad_examples > 0) return 0;
+    if (cfg->run.init[0] && !cfg->run.reset_head) return 0;
+    if (strcmp(cfg->run.head_init, "prototype") == 0) return 1;
+    return strcmp(cfg->run.head_init, "auto") == 0 && cfg->data.shots > 0;
+}
+
+/* Prototype initialisation of the head (docs/FEWSHOT.md). The features are what the head sees (the final
+ * LayerNorm of the class token) for every training example (the support set, not augmented), with the
+ * adapters as they start (merged for MoSA; routing at its initial rows). With mu_c the mean feature of
+ * class c, the head is the nearest-class-mean classifier
+ *   W_c = 2 mu_c / tau,  b_c = -|mu_c|^2 / tau   (logit_c(f) = (|f|^2 - |f - mu_c|^2) / tau),
+ * tau = the mean squared distance between two class means (1 with fewer than two classes), so that the
+ * logits do not depend on the features' scale and a support image at its own class mean starts about
+ * one unit above the other classes (not a saturated softmax: the loss still has a gradient). A class
+ * without training examples gets W_c = 0 and b_c = -(max|f| + max|mu|)^2 / tau, below every present
+ * class's logit on every support image. Every rank computes the same head (sums all-reduced). 0 / -1. */
+static int init_head_prototype(tsr_trainer *T) {
+    tsr_vit *m = &T->m;
+    int K = T->vc.num_classes, D = T->vc.dim, B = T->B;
+    size_t per = (size_t)T->vc.channels * T->vc.image_size * T->vc.image_size;
+    double *sum = tsr_calloc((size_t)K * (D + 1), sizeof(double)), *cnt = sum + (size_t)K * D;
+    float *x = tsr_malloc(sizeof(float) * per * B);
+    int *lab = tsr_malloc(sizeof(int) * B), *tid = tsr_malloc(sizeof(int) * B), fail = 0;
+    double fmax = 0;
+    tsr_adapters *ad = T->use_ad ? &T->ad : NULL;
+    if (T->mop) tsr_mosa_swap_merged(T->mop, 1);
+    for (int t = 0; t < T->ntasks && !fail; t++) {
+        if (!T->eval_mine[t]) continue;
+        int64_t n = tsr_tasks_count(&T->ts, TSR_SPLIT_TRAIN, t);
+        for (int64_t s0 = 0; s0 < n && !fail; s0 += B) {
+            int b = (int)(n - s0 < B ? n - s0 : B);
+            for (int i = 0; i < b && !fail; i++) {
+                fail = tsr_tasks_get(&T->ts, TSR_SPLIT_TRAIN, t, s0 + i, x + (size_t)i * per, &lab[i]) != 0;
+                tid[i] = t;
+            }
+            if (fail) break;
+            if (ad && tsr_adapters_begin(ad, tid, b, 0, 0, 0, NULL) != 0) tsr_fatal("%s", tsr_last_error());
+            tsr_vit_forward(m, x, NULL, b); /* one task per batch: the model keeps the caller's order */
+            for (int i = 0; i < b; i++) {
+                if (lab[i] < 0 || lab[i] >= K) continue;
+                const float *f = m->acts.lnf + (size_t)i * D;
+                double *sc = sum + (size_t)lab[i] * D, f2 = 0;
+                for (int j = 0; j < D; j++) sc[j] += f[j], f2 += (double)f[j] * f[j];
+                cnt[lab[i]] += 1;
+                if (sqrt(f2) > fmax) fmax = sqrt(f2);
+            }
+        }
+    }
+    if (T->mop) tsr_mosa_swap_merged(T->mop, 0);
+    free(x);
+    free(lab);
+    free(tid);
+    if (tsr_dist_fail_together(T->comm, fail, &T->ctx->log)) {
+        free(sum);
+        return -1;
+    }
+    tsr_dist_allreduce_sum_f64(T->comm, sum, (size_t)K * (D + 1));
+    fmax = tsr_dist_allreduce_max_f64(T->comm, fmax);
+    int present = 0;
+    double tau = 0, pairs = 0, mumax = 0, nex = 0;
+    for (int c = 0; c < K; c++) {
+        if (cnt[c] <= 0) continue;
+        present++;
+        nex += cnt[c];
+        double n2 = 0;
+        for (int j = 0; j < D; j++) sum[(size_t)c * D + j] /= cnt[c], n2 += sum[(size_t)c * D + j] * sum[(size_t)c * D + j];
+        if (sqrt(n2) > mumax) mumax = sqrt(n2);
+    }
+    for (int a = 0; a < K; a++)
+        for (int c = a + 1; c < K && cnt[a] > 0; c++) {
+            if (cnt[c] <= 0) continue;
+            double d2 = 0;
+            for (int j = 0; j < D; j++) {
+                double d = sum[(size_t)a * D + j] - sum[(size_t)c * D + j];
+                d2 += d * d;
+            }
+            tau += d2, pairs += 1;
+        }
+    tau = pairs > 0 ? tau / pairs : 0;
+    if (!(tau > 0)) tau = 1;
+    for (int c = 0; c < K; c++) {
+        const double *mu = sum + (size_t)c * D;
+        float *w = m->params.headw + (size_t)c * D;
+        double n2 = 0;
+        for (int j = 0; j < D; j++) {
+            w[j] = cnt[c] > 0 ? (float)(2 * mu[j] / tau) : 0.0f;
+            n2 += mu[j] * mu[j];
+        }
+        m->params.headb[c] = (float)(cnt[c] > 0 ? -n2 / tau : -(fmax + mumax) * (fmax + mumax) / tau);
+    }
+    INFO(T, "head: prototype initialisation (nearest class mean) from %.0f training examples of %d of %d classes, "
+         "tau %.4g", nex, present, K, tau);
+    free(sum);
+    return 0;
+}
+
 static int setup(tsr_trainer *T) {
     if (setup_data(T) != 0) return -1;
     int fail = setup_model(T) != 0 || setup_adapters(T) != 0;
@@ -419,6 +520,7 @@ static int setup(tsr_trainer *T) {
     setup_optim(T);
     if (setup_precision(T) != 0) return -1;
     tsr_vit_plan_backward(&T->m, &T->tr); /* blocks below the lowest trained one keep no activations */
+    if (head_is_prototype(T) && init_head_prototype(T) != 0) return -1;
     const tsr_config *cfg = T->cfg;
     INFO(T, "method: mode %s, adapter %s, routing %s%s, %d modules, trainable parameters %zu (backbone %zu)",
          T->opts->backbone ? "backbone" : cfg->adapt.mode, T->use_ad ? cfg->adapter.kind : "none",

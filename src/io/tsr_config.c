@@ -82,6 +82,9 @@ const cfg_field tsr_config_schema[] = {
     F("train.sync", CFG_ENUM, train.sync, 1, 0, "sharded|allreduce", "\"sharded\"",
       "multi-rank: sharded (reduce-scatter gradients, each rank updates its slice, all-gather parameters) | allreduce"),
     F("train.log_every", CFG_INT, train.log_every, 1, 1e9, NULL, "10", "log training metrics every N steps"),
+    F("train.patience", CFG_INT, train.patience, 0, 1e9, NULL, "0",
+      "runs that evaluate a validation split (tessera fewshot entries): stop after this many evaluations without a "
+      "better validation accuracy (0 = never stop early)"),
     /* adapt */
     F("adapt.mode", CFG_ENUM, adapt.mode, 1, 0, "adapters|probe|full", "\"adapters\"",
       "tessera adapt trains: adapters (and the head; backbone frozen) | probe (head only) | full (everything)"),

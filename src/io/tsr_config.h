@@ -56,6 +56,8 @@ typedef struct {
         long log_every;      /* log every N steps */
         long eval_limit;     /* test images per evaluation at the end (0 = all; 1000 during training) */
         char sync[CFG_STR_MAX]; /* "sharded" | "allreduce": how ranks synchronise the optimizer */
+        long patience;       /* with a validation split: stop after this many evaluations without a better
+                                validation accuracy (0 = off) */
     } train;
     struct {
         char mode[CFG_STR_MAX];      /* "adapters" | "probe" | "full": what `tessera adapt` trains */

@@ -540,6 +540,7 @@ static int setup(tsr_trainer *T) {
 
 static void trainer_free(tsr_trainer *T) {
     if (T->curve) fclose(T->curve);
+    free(T->best);
     free(T->sync);
     free(T->xb);
     free(T->tmp_img);
@@ -643,31 +644,77 @@ typedef struct {
     long start_step;
 } run_clock;
 
-/* Test (and validation) accuracy after `step`, into the result. 0 / -1 (ranks failed together). */
+/* The trained values (the 3 segments of the flat vector) into buf, or back from it (restore). */
+static void trained_copy(tsr_trainer *T, float *buf, int restore) {
+    size_t o = 0;
+    for (int k = 0; k < 3; k++) {
+        if (T->lens[k]) {
+            if (restore) memcpy(T->pbufs[k], buf + o, sizeof(float) * T->lens[k]);
+            else memcpy(buf + o, T->pbufs[k], sizeof(float) * T->lens[k]);
+        }
+        o += T->lens[k];
+    }
+}
+
+/* Validation (first: it decides whether train.patience ends the run here) and test accuracy after `step`,
+ * into the result; a better validation accuracy keeps a copy of the trained values. 0 / -1 (ranks failed
+ * together). */
 static int eval_point(tsr_trainer *T, long step, int last, double *acc, tsr_train_result *res, double last_loss) {
     const tsr_config *cfg = T->cfg;
-    int64_t lim = last ? (cfg->train.eval_limit > 0 ? cfg->train.eval_limit : 0) : 1000;
     int fail = 0;
     tsr_adapters *ad = T->use_ad ? &T->ad : NULL;
-    *acc = tsr_evaluate(T->comm, &T->m, ad, T->mop, &T->ts, TSR_SPLIT_TEST, T->eval_mine, lim, T->per_task, &fail);
     double vacc = NAN;
     if (T->ts.suite && T->opts->want_val)
         vacc = tsr_evaluate(T->comm, &T->m, ad, T->mop, &T->ts, TSR_SPLIT_VAL, T->eval_mine, 0, T->per_task, &fail);
+    int better = 0;
+    if (res && isfinite(vacc)) { /* the first of equal accuracies stays the best: the smaller budget */
+        better = !(vacc <= res->best_val_accuracy);
+        T->since_best = better ? 0 : T->since_best + 1;
+        if (!last && cfg->train.patience > 0 && T->since_best >= cfg->train.patience) T->stop_early = 1;
+    }
+    int final = last || T->stop_early;
+    int64_t lim = final ? (cfg->train.eval_limit > 0 ? cfg->train.eval_limit : 0) : 1000;
+    *acc = tsr_evaluate(T->comm, &T->m, ad, T->mop, &T->ts, TSR_SPLIT_TEST, T->eval_mine, lim, T->per_task, &fail);
     if (tsr_dist_fail_together(T->comm, fail, &T->ctx->log)) return -1;
-    INFO(T, "eval  %6ld  mean test accuracy over %d tasks %.4f (%s)", step + 1, T->ntasks, *acc,
-         last && cfg->train.eval_limit == 0 ? "full test set" : "first test images");
+    INFO(T, "eval  %6ld  mean test accuracy over %d tasks %.4f (%s)%s", step + 1, T->ntasks, *acc,
+         final && cfg->train.eval_limit == 0 ? "full test set" : "first test images",
+         isfinite(vacc) ? (better ? ", validation: best so far" : ", validation: no better") : "");
     if (!res) return 0;
     int k = res->n_eval++;
     res->eval_step[k] = step + 1;
     res->train_loss[k] = last_loss;
     res->val_accuracy[k] = vacc;
     res->test_accuracy[k] = *acc;
-    if (isfinite(vacc) && !(vacc <= res->best_val_accuracy)) {
+    if (better) {
         res->best_val_accuracy = vacc;
         res->best_val_step = step + 1;
-        res->test_at_best_val = *acc;
+        res->test_at_best_val = *acc; /* replaced after training by the restored parameters' accuracy */
+        if (!T->best) T->best = tsr_malloc(sizeof(float) * (T->nsync ? T->nsync : 1));
+        trained_copy(T, T->best, 0);
     }
-    if (last) res->test_accuracy_final = *acc;
+    if (final) res->test_accuracy_final = *acc;
+    return 0;
+}
+
+/* After training with a validation split: the parameters of the best validation evaluation come back
+ * (they are the selected model: what run.output_dir's files would hold), and their test accuracy on
+ * train.eval_limit images (0 = all) is test_at_best_val; when the best is the last evaluation, that
+ * evaluation's figure is it. 0 / -1 (ranks failed together). */
+static int restore_best(tsr_trainer *T, tsr_train_result *res) {
+    if (!res || !T->best || res->best_val_step < 1 || res->n_eval < 1) return 0;
+    if (res->best_val_step == res->eval_step[res->n_eval - 1]) {
+        res->test_at_best_val = res->test_accuracy_final;
+        return 0;
+    }
+    trained_copy(T, T->best, 1);
+    const tsr_config *cfg = T->cfg;
+    int fail = 0;
+    res->test_at_best_val = tsr_evaluate(T->comm, &T->m, T->use_ad ? &T->ad : NULL, T->mop, &T->ts, TSR_SPLIT_TEST,
+                                         T->eval_mine, cfg->train.eval_limit > 0 ? cfg->train.eval_limit : 0,
+                                         T->per_task, &fail);
+    if (tsr_dist_fail_together(T->comm, fail, &T->ctx->log)) return -1;
+    INFO(T, "eval  best validation accuracy %.4f at step %ld: its parameters restored, test accuracy %.4f",
+         res->best_val_accuracy, res->best_val_step, res->test_at_best_val);
     return 0;
 }
 
@@ -780,6 +827,7 @@ static void result_init(tsr_train_result *res, long steps, long eval_every) {
     res->test_accuracy = tsr_calloc(ne, sizeof(double));
     res->best_val_accuracy = res->test_at_best_val = res->test_accuracy_final = NAN;
     res->best_val_step = -1;
+    res->steps_run = 0;
 }
 
 /* ---------------------------------------------------------------- the loop */
@@ -790,6 +838,7 @@ static int loop(tsr_trainer *T, run_clock *ck, tsr_train_result *res) {
     long steps = cfg->train.steps;
     tsr_dist_install_stop_signals();
     ck->t_start = ck->t_win = tsr_time();
+    if (res) res->steps_run = ck->start_step;
     for (long step = ck->start_step; step < steps; step++) {
         int Bl, fail = 0, nfail;
         double lsum = step_gradients(T, step, &Bl, &fail), gn = 0;
@@ -807,6 +856,13 @@ static int loop(tsr_trainer *T, run_clock *ck, tsr_train_result *res) {
         ck->loss_win += loss;
         ck->n_win++;
         if (report(T, step, lrf, gn, ck, res) != 0) return 1;
+        if (res) res->steps_run = step + 1;
+        if (T->stop_early) { /* train.patience: every rank saw the same validation accuracies */
+            INFO(T, "train: no better validation accuracy in %ld evaluations: stopped after step %ld (best %.4f at "
+                 "step %ld)", cfg->train.patience, step + 1, res ? res->best_val_accuracy : NAN,
+                 res ? res->best_val_step : -1L);
+            break;
+        }
         int stop = tsr_dist_stop_requested(T->comm);
         if (stop && T->opts->quiet) return TSR_EXIT_REQUEUE; /* a sweep entry: abandoned, not recorded */
         int every = cfg->run.checkpoint_every > 0 && (step + 1) % cfg->run.checkpoint_every == 0;
@@ -849,6 +905,10 @@ int tsr_train_run(const tsr_ctx *ctx, const tsr_config *cfg, const char *cfg_tex
         T.curve = NULL;
     }
     if (rc != 0) goto out;
+    if (restore_best(&T, res) != 0) {
+        rc = 1;
+        goto out;
+    }
     if (res) {
         res->first_loss = ck.first_loss;
         res->last_loss = ck.last_loss;

@@ -30,15 +30,18 @@ typedef struct {
 } tsr_train_opts;
 
 typedef struct {
-    int n_eval;                /* evaluation points (every train.eval_every steps and the last) */
+    int n_eval;                /* evaluation points (every train.eval_every steps and the last one run) */
     long *eval_step;           /* (n_eval) step after which each evaluation ran */
     double *train_loss;        /* (n_eval) mean training loss of the logging window before it */
     double *val_accuracy;      /* (n_eval) mean over tasks (NaN without want_val) */
     double *test_accuracy;     /* (n_eval) mean over tasks (first 1000 test images before the last) */
     double test_accuracy_final;  /* the last evaluation (train.eval_limit images, 0 = the whole split) */
-    double best_val_accuracy;  /* best val_accuracy, its step and the test accuracy there */
+    double best_val_accuracy;  /* best val_accuracy (the first of equal ones), its step, and the test accuracy
+                                  of the parameters of that step (restored after training, train.eval_limit
+                                  images) */
     long best_val_step;
     double test_at_best_val;
+    long steps_run;            /* steps trained: train.steps, or fewer when train.patience stopped the run */
     double first_loss, last_loss;
     size_t trainable;          /* trained parameters (head included) */
     double wall_time;          /* seconds, set-up included */

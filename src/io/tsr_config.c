@@ -171,6 +171,20 @@ const cfg_field tsr_config_schema[] = {
       "results file (\"\" = run.output_dir/results.nc)"),
     F("fewshot.set", CFG_STRING_LIST, fewshot.set, 1, 0, NULL, "[]",
       "per-method overrides \"method:key=value\""),
+    F("fewshot.lr_grid", CFG_FLOAT_LIST, fewshot.lr_grid, 1e-6, 1e6, NULL, "[]",
+      "learning-rate multipliers tried per method on the validation tasks before the test entries (every optim.*_lr "
+      "of the method times each); the best is used for its test entries. [] or one value: no selection (x1, or "
+      "that value)"),
+    F("fewshot.lr_tasks", CFG_STRING_LIST, fewshot.lr_tasks, 1, 0, NULL, "[]",
+      "tasks of the learning-rate selection ([] = suite.val); never tasks of the sweep"),
+    F("fewshot.lr_shots", CFG_INT_LIST, fewshot.lr_shots, 1, 1e6, NULL, "[]",
+      "shot counts of the learning-rate selection ([] = fewshot.shots)"),
+    F("fewshot.lr_seeds", CFG_INT_LIST, fewshot.lr_seeds, 0, 2147483647.0, NULL, "[0]",
+      "seeds of the learning-rate selection"),
+    F("fewshot.lr_metric", CFG_ENUM, fewshot.lr_metric, 1, 0, "test_at_best_val|best_val", "\"test_at_best_val\"",
+      "what the selection maximises, averaged over its entries: test_at_best_val (the validation task's test-split "
+      "accuracy at its best validation step: not used to pick that step) | best_val (its best validation-split "
+      "accuracy)"),
     /* analyze */
     F("analyze.methods", CFG_STRING_LIST, analyze.methods, 1, 0, NULL, "[lora, poly, mhr]",
       "tessera analyze: pre-trained runs compared (fewshot.pretrained/<method>)"),

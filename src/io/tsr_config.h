@@ -110,6 +110,11 @@ typedef struct {
         char method_dir[CFG_STR_MAX]; /* method configurations: DIR/<name>.yaml */
         char results[CFG_STR_MAX];    /* results file ("" = run.output_dir/results.nc) */
         cfg_string_list set;          /* per-method overrides "method:key=value" */
+        cfg_float_list lr_grid;       /* learning-rate multipliers tried per method ([] / one: no selection) */
+        cfg_string_list lr_tasks;     /* tasks of the selection ([] = suite.val) */
+        cfg_int_list lr_shots;        /* its shot counts ([] = fewshot.shots) */
+        cfg_int_list lr_seeds;        /* its seeds */
+        char lr_metric[CFG_STR_MAX];  /* "test_at_best_val" | "best_val" */
     } fewshot;
     struct {
         cfg_string_list methods;      /* pre-trained runs analysed: fewshot.pretrained/<method> */

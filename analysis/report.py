@@ -47,6 +47,9 @@ RESULTS_VARIABLES = {
     "val_accuracy": CURVE_DIMS,
 }
 RESULTS_COORDINATES = ("method", "task", "shots", "seed", "eval_step")
+# Read when present (sweeps of the v2 protocol: early stopping, learning-rate selection).
+RESULTS_OPTIONAL = {"steps_run": ENTRY_DIMS, "best_val_step": ENTRY_DIMS}
+LR_VARIABLES = ("adapter_lr", "head_lr", "routing_lr", "backbone_lr")
 
 ALIGNMENT_DIMS = ("method", "task", "task_b", "component")
 ALIGNMENT_VARIABLES = {
@@ -68,7 +71,8 @@ METRICS = {
 
 # Paired comparisons (a vs b: difference a - b), shown when both methods are in the sweep.
 PAIRS = [("mhr", "poly"), ("mhr", "shared_lora"), ("mhr", "lora"), ("poly", "lora"),
-         ("shared_lora", "lora"), ("mhr_mu", "mhr"), ("mhr_z", "mhr"), ("mosa", "adapter")]
+         ("shared_lora", "lora"), ("mhr_mu", "mhr"), ("mhr_z", "mhr"), ("mosa", "adapter"),
+         ("mosa", "sparse"), ("mosa_mhr", "mhr")]
 
 PNG_METADATA = {"Software": None}  # no version string: the same input gives the same bytes
 
@@ -144,6 +148,19 @@ class Sweep:
                 a = np.asarray(ds[name].transpose(*want).values, dtype=float)
                 mask = self.done if a.ndim == 4 else self.done[..., None]
                 self.data[name] = np.where(mask, a, np.nan)
+            for name, want in RESULTS_OPTIONAL.items():
+                if name in ds.variables and set(ds[name].dims) == set(want):
+                    a = np.asarray(ds[name].transpose(*want).values, dtype=float)
+                    self.data[name] = np.where(self.done, a, np.nan)
+            # per method: the learning rates of the test entries and their selection (None: an older file)
+            self.lr = None
+            if "lr_multiplier_chosen" in ds.variables and all(v in ds.variables for v in LR_VARIABLES):
+                self.lr = {v: np.asarray(ds[v].values, dtype=float) for v in LR_VARIABLES}
+                self.lr["chosen"] = np.asarray(ds["lr_multiplier_chosen"].values, dtype=float)
+                self.lr["grid"] = [float(g) for g in ds["lr_multiplier"].values]
+                for v in ("lr_selection_accuracy", "lr_selection_entries"):
+                    self.lr[v] = (np.asarray(ds[v].transpose("method", "lr_multiplier").values, dtype=float)
+                                  if v in ds.variables else None)
         finally:
             ds.close()
 
@@ -460,8 +477,8 @@ def entries_table(sweep, summary):
     return table(header, rows)
 
 
-def per_task_table(sweep, k):
-    means = nanmean(sweep.data["test_accuracy"][:, :, k, :], axis=2)  # (method, task)
+def per_task_table(sweep, k, metric="test_accuracy"):
+    means = nanmean(sweep.data[metric][:, :, k, :], axis=2)  # (method, task)
     rows = []
     for t, task in enumerate(sweep.tasks):
         col = means[:, t]
@@ -476,18 +493,49 @@ def per_task_table(sweep, k):
 
 def cost_table(sweep, summary, k):
     rows = []
+    steps = "steps_run" in sweep.data
     for i, m in enumerate(sweep.methods):
         params = sweep.data["trainable_parameters"][i]
         params = params[~np.isnan(params)]
         wall = sweep.data["wall_time"][i]
         wall = wall[~np.isnan(wall)]
-        rows.append([m, f"{int(np.median(params)):,}" if params.size else "—",
-                     fmt(summary[m][sweep.shots[k]]["mean"]),
-                     fmt(float(wall.mean()), 1) if wall.size else "—",
-                     str(int(sweep.done[i].sum()))])
+        row = [m, f"{int(np.median(params)):,}" if params.size else "—",
+               fmt(summary[m][sweep.shots[k]]["mean"]),
+               fmt(float(wall.mean()), 1) if wall.size else "—"]
+        if steps:
+            sr = sweep.data["steps_run"][i]
+            sr = sr[~np.isnan(sr)]
+            row.append(fmt(float(sr.mean()), 0) if sr.size else "—")
+        rows.append(row + [str(int(sweep.done[i].sum()))])
     header = ["method", "trainable parameters (median)", f"test accuracy, {shots_label(sweep.shots[k])}",
-              "wall time per entry (s, mean)", "entries done"]
+              "wall time per entry (s, mean)"] + (["steps run (mean)"] if steps else []) + ["entries done"]
     return table(header, rows)
+
+
+def lr_lines(sweep):
+    """The learning rates of the test entries per method and, with a selection, the mean selection accuracy of
+    every multiplier tried."""
+    lr = sweep.lr
+    if lr is None:
+        return []
+    sel = lr["lr_selection_entries"] is not None and lr["lr_selection_entries"].max(initial=0) > 0
+    lines = ["## Learning rates", ""]
+    if sel:
+        lines += [f"Chosen per method on the validation tasks ({sweep.attrs.get('lr_selection_tasks', '?')}; shots "
+                  f"{sweep.attrs.get('lr_selection_shots', '?')}, seeds {sweep.attrs.get('lr_selection_seeds', '?')}): "
+                  f"the multiplier of the configured rates with the best mean "
+                  f"`{sweep.attrs.get('lr_selection_metric', '?')}`. Columns x...: that mean for each multiplier.", ""]
+    else:
+        lines += ["No selection: every method ran at its configured learning rates "
+                  f"(`lr_selection`: {sweep.attrs.get('lr_selection', '?')}).", ""]
+    header = ["method", "multiplier"] + list(LR_VARIABLES) + ([f"x{g:g}" for g in lr["grid"]] if sel else [])
+    rows = []
+    for i, m in enumerate(sweep.methods):
+        row = [m, f"{lr['chosen'][i]:g}"] + [f"{lr[v][i]:.3g}" for v in LR_VARIABLES]
+        if sel:
+            row += [fmt(float(a)) for a in lr["lr_selection_accuracy"][i]]
+        rows.append(row)
+    return lines + [table(header, rows), ""]
 
 
 def paired_tables(sweep, pairs_rows):
@@ -538,7 +586,7 @@ def provenance_lines(sweep):
     return [table(["attribute", "value"], rows, numeric=False), ""] if rows else []
 
 
-def build_report(sweep, alignment, out_dir, title):
+def build_report(sweep, alignment, out_dir, title, primary="test_accuracy"):
     # One colour per method in every figure (the alignment file may hold methods the sweep lacks).
     colors = method_colors(sweep.methods + [m for m in (alignment.methods if alignment else [])
                                             if m not in sweep.methods])
@@ -585,23 +633,25 @@ def build_report(sweep, alignment, out_dir, title):
     lines += [f"![accuracy vs shots]({fig})", ""]
 
     lines += ["## Per-task test accuracy", "",
-              "Mean `test_accuracy` over the done seeds of each task; the best method of each task in bold.", ""]
+              f"Mean `{primary}` over the done seeds of each task; the best method of each task in bold.", ""]
     for k, s in enumerate(sweep.shots):
-        lines += [f"### {shots_label(s)}", "", per_task_table(sweep, k), ""]
+        lines += [f"### {shots_label(s)}", "", per_task_table(sweep, k, primary), ""]
     k_big = largest_done_shots(sweep)
     fig = figure_per_task(sweep, out_dir, k_big)
     lines += [f"![per-task accuracy, {shots_label(sweep.shots[k_big])}]({fig})", ""]
 
     lines += ["## Cost", "",
-              "Trainable parameters (median over done entries, head included), the mean test accuracy at the "
-              "largest shot count, and the mean wall time of one entry (all shot counts).", "",
-              cost_table(sweep, summaries["test_accuracy"], k_big), ""]
+              f"Trainable parameters (median over done entries, head included), the mean `{primary}` at the "
+              "largest shot count, the mean wall time of one entry (all shot counts)"
+              + (" and the mean number of steps trained (early stopping)" if "steps_run" in sweep.data else "")
+              + ".", "", cost_table(sweep, summaries[primary], k_big), ""]
+    lines += lr_lines(sweep)
 
-    pair_rows = [paired(sweep, a, b) for a, b in PAIRS if a in sweep.methods and b in sweep.methods]
+    pair_rows = [paired(sweep, a, b, primary) for a, b in PAIRS if a in sweep.methods and b in sweep.methods]
     lines += ["## Paired comparisons", ""]
     if pair_rows:
         unit = "seeds of the single task" if sweep.single_task else "tasks, after averaging the seeds of each task"
-        lines += [f"`test_accuracy` difference a − b over the (task, shots, seed) entries done by both methods: "
+        lines += [f"`{primary}` difference a − b over the (task, shots, seed) entries done by both methods: "
                   f"mean and {ci} Student-t interval over {unit}. \"a wins\": share of matched entries with "
                   "a > b (ties count one half).", ""]
         for s, text in paired_tables(sweep, pair_rows):
@@ -635,6 +685,7 @@ def build_report(sweep, alignment, out_dir, title):
         "shots": sweep.shots,
         "metrics": {metric: {m: {str(s): c for s, c in by_shots.items()} for m, by_shots in summ.items()}
                     for metric, summ in summaries.items()},
+        "paired_metric": primary,
         "paired": [r for rows in pair_rows for r in rows],
     }
     return "\n".join(lines).rstrip() + "\n", json_doc
@@ -659,6 +710,10 @@ def main(argv=None):
     ap.add_argument("--out", required=True, help="output directory (report.md and PNG figures)")
     ap.add_argument("--title", help="report title (default: the file's title attribute)")
     ap.add_argument("--json", help="write the method x shots summary to this JSON file")
+    ap.add_argument("--metric", choices=sorted(METRICS), default="test_accuracy",
+                    help="the accuracy of the per-task tables, the cost table and the paired comparisons (default "
+                         "test_accuracy; the v2 protocol's outcome is test_accuracy_at_best_val: the parameters of "
+                         "the step chosen on the validation split)")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore", category=RuntimeWarning)
     try:
@@ -673,7 +728,7 @@ def main(argv=None):
         print(f"report.py: error: {args.out}: cannot create the output directory ({e.strerror})", file=sys.stderr)
         return 2
     title = args.title or str(sweep.attrs.get("title") or "Few-shot sweep report")
-    text, doc = build_report(sweep, alignment, args.out, title)
+    text, doc = build_report(sweep, alignment, args.out, title, args.metric)
     path = os.path.join(args.out, "report.md")
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         f.write(text)

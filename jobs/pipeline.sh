@@ -17,7 +17,7 @@
 #   --out RUNS         root of every output (default runs; with --tiny runs/tiny): RUNS/glyphs/{backbone,METHOD}
 #                      (pre-training), RUNS/fewshot, RUNS/analyze, RUNS/report, job logs in RUNS/logs
 #   --tiny             a smoke test of the chain: 20 pre-training steps, 2 held-out tasks x 2 methods x 1 shot
-#                      count x 1 seed x 5 steps, 1 analysed method
+#                      count x 1 seed x 5 steps (no learning-rate selection), 1 analysed method
 #   --methods LIST     pre-train only these methods (names of DIR/methods/NAME.yaml, or paths), comma-separated
 #                      (exported as METHODS="a b" for jobs/pretrain.slurm, and the only methods in configs/methods)
 #   --fewshot-config F, --analyze-config F   override the configurations of those stages
@@ -148,7 +148,8 @@ ANALYZE_SETS=(--set analyze.results=runs/analyze/alignment.nc)
 if [ $TINY = 1 ]; then
   export BACKBONE_STEPS=${BACKBONE_STEPS:-20} STEPS=${STEPS:-20}
   FEWSHOT_SETS+=(--set "fewshot.methods=[lora,mhr]" --set "fewshot.tasks=[glagolitic,ogham]" --set "fewshot.shots=[1]"
-                 --set "fewshot.seeds=[0]" --set train.steps=5 --set train.eval_every=5 --set train.log_every=5)
+                 --set "fewshot.seeds=[0]" --set "fewshot.lr_grid=[]" --set train.steps=5 --set train.eval_every=5
+                 --set train.log_every=5)
   ANALYZE_SETS+=(--set "analyze.methods=[mhr]" --set analyze.examples=8)
 fi
 

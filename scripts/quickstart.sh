@@ -6,7 +6,7 @@
 #   3. pre-trains a ViT backbone on the 46 source scripts (2 MPI ranks)
 #   4. multi-task pre-training of LoRA, Poly and MHR on the 68 training scripts (2 ranks)
 #   5. a few-shot sweep on held-out scripts: 10 methods x 4 scripts x {1, 5} shots x 2 seeds (2 ranks,
-#      one netCDF results file)
+#      one netCDF results file; prototype heads, no learning-rate selection, 30 steps)
 #   6. task gradient alignment of LoRA, Poly and MHR with ScaLAPACK (2 ranks)
 #   7. the report: tables with confidence intervals and figures
 # The stages are the Slurm jobs of jobs/ run directly (no Slurm needed); jobs/pipeline.sh submits the
@@ -38,8 +38,10 @@ BACKBONE_STEPS=${BACKBONE_STEPS:-500} STEPS=${STEPS:-150} METHODS="lora poly mhr
 
 stage "5/7 few-shot sweep -> $OUT/quickstart/fewshot/results.nc"
 bash jobs/fewshot.slurm configs/fewshot_glyphs.yaml --set run.output_dir="$OUT/quickstart/fewshot" \
+  --set "fewshot.methods=[lora, shared_lora, poly, mhr, mhr_z, mhr_mu, adapter, mosa, probe, full]" \
   --set "fewshot.tasks=[glagolitic, samaritan, grantha, ogham]" --set "fewshot.shots=[1, 5]" \
-  --set "fewshot.seeds=[0, 1]" --set train.steps=30 --set train.batch_size=24 --set train.eval_every=10
+  --set "fewshot.seeds=[0, 1]" --set "fewshot.lr_grid=[]" --set train.steps=30 --set train.batch_size=24 \
+  --set train.eval_every=10
 
 stage "6/7 task gradient alignment -> $OUT/quickstart/analyze/alignment.nc"
 ANALYZE_RESULTS="$OUT/quickstart/analyze/alignment.nc" bash jobs/analyze.slurm configs/analyze_glyphs.yaml \

@@ -45,7 +45,7 @@ int tsr_mosa_create(tsr_mosa *mo, tsr_adapters *ad, int N, int split, int baseli
             snprintf(key, sizeof key, "%s.%s", m->name, side == 0 ? "down" : "up");
             tsr_mosa_split(mo->owner + off, cnt, N, seed, tsr_mosa_key(key));
             memset(mo->is_split + off, 1, cnt);
-            if (m->has_bias) {
+            if (m->has_bias && !(split & TSR_MOSA_SHARE_BIAS)) {
                 mo->bias_off[2 * k + side] = row + 1; /* +1: 0 means none */
                 row += side == 0 ? (size_t)m->S * m->r : (size_t)m->S * m->dout;
             }
@@ -65,6 +65,22 @@ int tsr_mosa_create(tsr_mosa *mo, tsr_adapters *ad, int N, int split, int baseli
                        sizeof(real) * cnt);
         }
     return 0;
+}
+
+size_t tsr_mosa_trained(const tsr_mosa *mo, size_t lo, size_t hi) {
+    if (!mo || mo->N == 0) return hi - lo;
+    size_t n = 0;
+    for (size_t j = lo; j < hi; j++) n += !mo->is_split[j] || !mo->baseline || mo->owner[j] == 0;
+    /* a bias with per-module copies is trained in bias_params: its slot in ad->params only receives them */
+    for (int k = 0; k < mo->ad->n_mod; k++)
+        for (int side = 0; side < 2; side++) {
+            if (!mo->bias_off[2 * k + side]) continue;
+            const tsr_rlp *m = &mo->ad->mod[k];
+            size_t a = side == 0 ? m->obd : m->obu, c = side == 0 ? (size_t)m->S * m->r : (size_t)m->S * m->dout;
+            size_t x0 = a > lo ? a : lo, x1 = a + c < hi ? a + c : hi;
+            if (x0 < x1) n -= x1 - x0;
+        }
+    return n;
 }
 
 void tsr_mosa_destroy(tsr_mosa *mo) {
@@ -99,6 +115,7 @@ void tsr_mosa_begin(tsr_mosa *mo, long step, int view) {
             bias_copy(mo, k, side, i, 1);
         }
     }
+    ad->view = view; /* the view's own dropout masks (and routing noise) */
     mo->swapped = 1;
 }
 
@@ -124,6 +141,7 @@ void tsr_mosa_end(tsr_mosa *mo) {
     }
     for (size_t j = 0; j < ad->num_params; j++) ad->grads[j] += mo->gacc[j];
     memcpy(ad->params, mo->dense, sizeof(real) * ad->num_params);
+    ad->view = 0;
     mo->swapped = 0;
 }
 

@@ -17,7 +17,9 @@
 #include "adapters/adapters.h"
 #include "model/vit.h"
 
-enum { TSR_MOSA_SPLIT_UP = 1, TSR_MOSA_SPLIT_DOWN = 2 }; /* Up = B (LoRA) / up.B; Down = A / down.A */
+/* Up = B (LoRA) / up.B; Down = A / down.A. TSR_MOSA_SHARE_BIAS (with either): a split projection's bias stays
+ * one vector in ad->params, trained by every module, instead of one copy per module (mosa.bias shared). */
+enum { TSR_MOSA_SPLIT_UP = 1, TSR_MOSA_SPLIT_DOWN = 2, TSR_MOSA_SHARE_BIAS = 4 };
 
 typedef struct {
     int N;          /* modules (0: MoSA off) */
@@ -44,6 +46,7 @@ typedef struct {
 #define tsr_mosa_end TSR_R(tsr_mosa_end)
 #define tsr_mosa_swap_merged TSR_R(tsr_mosa_swap_merged)
 #define tsr_adapt_loss_grad TSR_R(tsr_adapt_loss_grad)
+#define tsr_mosa_trained TSR_R(tsr_mosa_trained)
 
 /* Split the adapters' matrices (call after the adapters are initialised: their values become W0). */
 int tsr_mosa_create(tsr_mosa *mo, tsr_adapters *ad, int N, int split, int baseline, uint64_t seed);
@@ -52,6 +55,11 @@ void tsr_mosa_destroy(tsr_mosa *mo);
 void tsr_mosa_begin(tsr_mosa *mo, long step, int view);
 /* Mask this view's gradients, add the stash back, restore the dense weights. */
 void tsr_mosa_end(tsr_mosa *mo);
+/* Values training changes that the model uses among the adapters' parameters [lo, hi): every element except,
+ * for the sparse baseline, the elements of split tensors that module 0 does not own (they keep W0), and
+ * except the slots of biases with per-module copies. The copies (bias_params) are counted apart: all nbias
+ * of them, or module 0's bias_row for the baseline. */
+size_t tsr_mosa_trained(const tsr_mosa *mo, size_t lo, size_t hi);
 /* on = 1: put the merged adapter (or the baseline's module 0) in ad->params for evaluation/export;
  * on = 0: restore the dense storage. */
 void tsr_mosa_swap_merged(tsr_mosa *mo, int on);

@@ -292,6 +292,14 @@ static void combine(tsr_adapters *ad, int k, int d, int t) {
     }
 }
 
+/* A seed for MoSA's consistency view `view`: view 0 (every run without MoSA's consistency loss) keeps the
+ * seed as it is; view v > 0 gets an independent stream (one splitmix64 step of the seed mixed with v). */
+static uint64_t view_seed(uint64_t seed, int view) {
+    if (view == 0) return seed;
+    uint64_t x = seed ^ (0x76696577ull /* "view" */ * (uint64_t)view);
+    return tsr_splitmix64(&x);
+}
+
 int tsr_adapters_begin(tsr_adapters *ad, const int *task_ids, int B, int training, long step, uint64_t seed,
                        const real *noise) {
     if (B < 1 || B > ad->max_batch) return tsr_error("adapters: batch %d outside [1, %d]", B, ad->max_batch);
@@ -335,7 +343,7 @@ int tsr_adapters_begin(tsr_adapters *ad, const int *task_ids, int B, int trainin
         if (noise) memcpy(ad->noise, noise, sizeof(real) * nn);
         else {
             tsr_rng r;
-            tsr_rng_seed(&r, seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(step + 1)));
+            tsr_rng_seed(&r, view_seed(seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(step + 1)), ad->view));
             for (size_t i = 0; i < nn; i++) {
                 double u = tsr_rng_uniform(&r);
                 ad->noise[i] = (real)(u < 1e-12 ? 1e-12 : u);
@@ -379,9 +387,11 @@ static void fwd_segment(tsr_adapters *ad, int k, int sg, act_ptrs a, const real 
         if (ad->cfg.bn_relu)
             for (size_t i = 0; i < (size_t)n * r; i++) ac[i] = hid[i] > 0 ? hid[i] : 0;
         else gelu_forward(ac, hid, (long)n * r);
-        if (p > 0) { /* the mask depends on (seed, step, module, rows): reproducible */
+        if (p > 0) { /* the mask depends on (seed, step, view, module, rows): reproducible; a recomputed
+                      * forward of the same view draws the same mask, the other view an independent one */
             tsr_rng rg;
-            tsr_rng_seed(&rg, ad->dropout_seed ^ ((uint64_t)ad->step * 1000003u + (uint64_t)k * 7919u + (uint64_t)r0));
+            tsr_rng_seed(&rg, view_seed(ad->dropout_seed, ad->view) ^
+                                  ((uint64_t)ad->step * 1000003u + (uint64_t)k * 7919u + (uint64_t)r0));
             for (size_t i = 0; i < (size_t)n * r; i++) {
                 dr[i] = tsr_rng_uniform(&rg) < p ? 0 : (real)(1 / (1 - p));
                 ac[i] *= dr[i];

@@ -95,6 +95,10 @@ typedef struct tsr_adapters {
     real *scratch;       /* (rows, 2 rmax + D) */
     uint64_t dropout_seed;
     long step;
+    int view;            /* MoSA's consistency views (0 / 1): mixed into the dropout and routing-noise seeds, so
+                          * the two views of a step draw independent masks and a recomputed view redraws its
+                          * own; 0 outside MoSA. Set by tsr_mosa_begin (before tsr_adapters_begin), reset by
+                          * tsr_mosa_end; tsr_adapters_begin leaves it as it is. */
 } tsr_adapters;
 
 #define tsr_adapters_create TSR_R(tsr_adapters_create)

@@ -82,6 +82,9 @@ const cfg_field tsr_config_schema[] = {
     F("train.sync", CFG_ENUM, train.sync, 1, 0, "sharded|allreduce", "\"sharded\"",
       "multi-rank: sharded (reduce-scatter gradients, each rank updates its slice, all-gather parameters) | allreduce"),
     F("train.log_every", CFG_INT, train.log_every, 1, 1e9, NULL, "10", "log training metrics every N steps"),
+    F("train.patience", CFG_INT, train.patience, 0, 1e9, NULL, "0",
+      "runs that evaluate a validation split (tessera fewshot entries): stop after this many evaluations without a "
+      "better validation accuracy (0 = never stop early)"),
     /* adapt */
     F("adapt.mode", CFG_ENUM, adapt.mode, 1, 0, "adapters|probe|full", "\"adapters\"",
       "tessera adapt trains: adapters (and the head; backbone frozen) | probe (head only) | full (everything)"),
@@ -121,6 +124,9 @@ const cfg_field tsr_config_schema[] = {
       "weight of the two-view consistency loss (0 = off)"),
     F("mosa.baseline", CFG_BOOL, mosa.baseline, 1, 0, NULL, "false",
       "the fixed-random-mask sparse-adapter baseline (module 0 only) instead of MoSA"),
+    F("mosa.bias", CFG_ENUM, mosa.bias, 1, 0, "split|shared", "\"split\"",
+      "bias of a split projection: split (one copy per module, the released code) | shared (one bias trained "
+      "by every module: MoSA then trains exactly the dense adapter's parameters)"),
     /* optim */
     F("optim.routing_lr", CFG_FLOAT, optim.routing_lr, 0, 100, NULL, "0.1", "learning rate of routing logits"),
     F("optim.routing_wd", CFG_FLOAT, optim.routing_wd, 0, 10, NULL, "0.0", "weight decay of routing logits"),
@@ -144,7 +150,11 @@ const cfg_field tsr_config_schema[] = {
     F("run.init", CFG_STRING, run.init, 1, 0, NULL, "\"\"",
       "initial weights: \"\" = random initialisation, otherwise a checkpoint path"),
     F("run.reset_head", CFG_BOOL, run.reset_head, 1, 0, NULL, "false",
-      "ignore run.init's classifier and start from a zero head of model.num_classes outputs (new tasks)"),
+      "ignore run.init's classifier and start from a new head of model.num_classes outputs (new tasks; run.head_init)"),
+    F("run.head_init", CFG_ENUM, run.head_init, 1, 0, "auto|zero|prototype", "\"auto\"",
+      "a new head (run.reset_head, or no run.init) starts as: zero | prototype (class means of the training "
+      "examples' features: the nearest-class-mean classifier, docs/FEWSHOT.md) | auto (prototype when data.shots "
+      "> 0, i.e. few-shot runs and tessera fewshot entries; zero otherwise)"),
     /* fewshot */
     F("fewshot.methods", CFG_STRING_LIST, fewshot.methods, 1, 0, NULL,
       "[lora, shared_lora, poly, mhr, mhr_z, mhr_mu, adapter, mosa, probe, full]",
@@ -161,6 +171,20 @@ const cfg_field tsr_config_schema[] = {
       "results file (\"\" = run.output_dir/results.nc)"),
     F("fewshot.set", CFG_STRING_LIST, fewshot.set, 1, 0, NULL, "[]",
       "per-method overrides \"method:key=value\""),
+    F("fewshot.lr_grid", CFG_FLOAT_LIST, fewshot.lr_grid, 1e-6, 1e6, NULL, "[]",
+      "learning-rate multipliers tried per method on the validation tasks before the test entries (every optim.*_lr "
+      "of the method times each); the best is used for its test entries. [] or one value: no selection (x1, or "
+      "that value)"),
+    F("fewshot.lr_tasks", CFG_STRING_LIST, fewshot.lr_tasks, 1, 0, NULL, "[]",
+      "tasks of the learning-rate selection ([] = suite.val); never tasks of the sweep"),
+    F("fewshot.lr_shots", CFG_INT_LIST, fewshot.lr_shots, 1, 1e6, NULL, "[]",
+      "shot counts of the learning-rate selection ([] = fewshot.shots)"),
+    F("fewshot.lr_seeds", CFG_INT_LIST, fewshot.lr_seeds, 0, 2147483647.0, NULL, "[0]",
+      "seeds of the learning-rate selection"),
+    F("fewshot.lr_metric", CFG_ENUM, fewshot.lr_metric, 1, 0, "test_at_best_val|best_val", "\"test_at_best_val\"",
+      "what the selection maximises, averaged over its entries: test_at_best_val (the validation task's test-split "
+      "accuracy at its best validation step: not used to pick that step) | best_val (its best validation-split "
+      "accuracy)"),
     /* analyze */
     F("analyze.methods", CFG_STRING_LIST, analyze.methods, 1, 0, NULL, "[lora, poly, mhr]",
       "tessera analyze: pre-trained runs compared (fewshot.pretrained/<method>)"),
@@ -193,6 +217,9 @@ static int cross_checks(const tsr_config *c, const char *src) {
             return tsr_error("%s: data.std[%d] must be > 0, got %g", src, i, c->data.std.v[i]);
     if (!c->data.path[0]) return tsr_error("%s: data.path must not be empty", src);
     if (!c->run.output_dir[0]) return tsr_error("%s: run.output_dir must not be empty", src);
+    if (strcmp(c->run.head_init, "prototype") == 0 && c->run.init[0] && !c->run.reset_head)
+        return tsr_error("%s: run.head_init prototype makes a new head, but run.reset_head is false (run.init's "
+                         "classifier is kept): set run.reset_head: true, or run.head_init: auto", src);
     return 0;
 }
 

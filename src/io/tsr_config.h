@@ -56,6 +56,8 @@ typedef struct {
         long log_every;      /* log every N steps */
         long eval_limit;     /* test images per evaluation at the end (0 = all; 1000 during training) */
         char sync[CFG_STR_MAX]; /* "sharded" | "allreduce": how ranks synchronise the optimizer */
+        long patience;       /* with a validation split: stop after this many evaluations without a better
+                                validation accuracy (0 = off) */
     } train;
     struct {
         char mode[CFG_STR_MAX];      /* "adapters" | "probe" | "full": what `tessera adapt` trains */
@@ -84,6 +86,7 @@ typedef struct {
         char split[CFG_STR_MAX];     /* "up" | "down" | "both" */
         double consistency;          /* weight of the two-view consistency loss (0 = off) */
         bool baseline;               /* fixed sparse mask, module 0 only */
+        char bias[CFG_STR_MAX];      /* "split" (a bias copy per module) | "shared" (one bias for all modules) */
     } mosa;
     struct {
         double routing_lr, routing_wd, adapter_lr, adapter_wd, head_lr, head_wd, backbone_lr, backbone_wd;
@@ -95,7 +98,8 @@ typedef struct {
         char init[CFG_STR_MAX];       /* "" = random initialisation, otherwise a checkpoint path */
         long checkpoint_every;        /* steps between checkpoints (0 = only on a stop signal) */
         long keep_checkpoints;        /* complete checkpoints kept */
-        bool reset_head;              /* ignore run.init's classifier: a zero head for new tasks */
+        bool reset_head;              /* ignore run.init's classifier: a new head for new tasks */
+        char head_init[CFG_STR_MAX];  /* a new head: "auto" | "zero" | "prototype" (class-mean features) */
     } run;
     struct {
         cfg_string_list methods;      /* few-shot methods (docs/FEWSHOT.md) */
@@ -106,6 +110,11 @@ typedef struct {
         char method_dir[CFG_STR_MAX]; /* method configurations: DIR/<name>.yaml */
         char results[CFG_STR_MAX];    /* results file ("" = run.output_dir/results.nc) */
         cfg_string_list set;          /* per-method overrides "method:key=value" */
+        cfg_float_list lr_grid;       /* learning-rate multipliers tried per method ([] / one: no selection) */
+        cfg_string_list lr_tasks;     /* tasks of the selection ([] = suite.val) */
+        cfg_int_list lr_shots;        /* its shot counts ([] = fewshot.shots) */
+        cfg_int_list lr_seeds;        /* its seeds */
+        char lr_metric[CFG_STR_MAX];  /* "test_at_best_val" | "best_val" */
     } fewshot;
     struct {
         cfg_string_list methods;      /* pre-trained runs analysed: fewshot.pretrained/<method> */

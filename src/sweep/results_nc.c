@@ -114,10 +114,33 @@ int tsr_results_create(tsr_results_file *f, const char *path, const tsr_results_
         def_var(ncid, "trainable_parameters", NC_INT64, 4, d4, "parameters trained (head included)", NULL, &f->v_params) ||
         def_var(ncid, "wall_time", NC_DOUBLE, 4, d4, "time the entry took", "s", &f->v_wall) ||
         def_var(ncid, "rank", NC_INT, 4, d4, "MPI rank that ran the entry", NULL, &f->v_rank) ||
+        def_var(ncid, "steps_run", NC_INT, 4, d4, "steps trained (fewer than train.steps when train.patience stopped the entry)",
+                NULL, &f->v_steps_run) ||
         def_var(ncid, "train_loss", NC_FLOAT, 5, d4, "training loss curve", NULL, &f->v_curve_loss) ||
         def_var(ncid, "val_accuracy", NC_FLOAT, 5, d4, "validation accuracy curve", "1", &f->v_curve_val) ||
         def_var(ncid, "test_accuracy_curve", NC_FLOAT, 5, d4, "test accuracy curve", "1", &f->v_curve_test))
         return -1;
+    /* learning rates per method: (method) and (method, lr_multiplier) */
+    int dg, v_grid, v_chosen, v_lr[4], v_selacc, v_seln;
+    const tsr_results_lr *lr = &L->lr;
+    int G = lr->G > 0 ? lr->G : 1;
+    NC(nc_def_dim(ncid, "lr_multiplier", (size_t)G, &dg));
+    NC(nc_def_var(ncid, "lr_multiplier", NC_DOUBLE, 1, &dg, &v_grid));
+    static const char gl[] = "learning-rate multiplier tried (fewshot.lr_grid)";
+    NC(nc_put_att_text(ncid, v_grid, "long_name", sizeof gl - 1, gl));
+    static const char *lrn[4] = {"adapter_lr", "head_lr", "routing_lr", "backbone_lr"};
+    int d2[2] = {dm, dg};
+    if (def_var(ncid, "lr_multiplier_chosen", NC_DOUBLE, 1, &dm,
+                "learning-rate multiplier of the test entries (chosen on the selection tasks)", "1", &v_chosen) ||
+        def_var(ncid, "lr_selection_accuracy", NC_DOUBLE, 2, d2,
+                "mean selection metric (attribute lr_selection_metric) over the selection entries", "1", &v_selacc) ||
+        def_var(ncid, "lr_selection_entries", NC_INT, 2, d2, "selection entries averaged", NULL, &v_seln))
+        return -1;
+    for (int i = 0; i < 4; i++) {
+        char ln[96];
+        snprintf(ln, sizeof ln, "optim.%s of the test entries (base times lr_multiplier_chosen)", lrn[i]);
+        if (def_var(ncid, lrn[i], NC_DOUBLE, 1, &dm, ln, NULL, &v_lr[i])) return -1;
+    }
     for (int i = 0; i < L->nattr; i++)
         NC(nc_put_att_text(ncid, NC_GLOBAL, L->attr_keys[i], strlen(L->attr_vals[i]), L->attr_vals[i]));
     NC(nc_put_att_text(ncid, NC_GLOBAL, "sweep_status", 7, "partial"));
@@ -126,8 +149,19 @@ int tsr_results_create(tsr_results_file *f, const char *path, const tsr_results_
     NC(nc_put_att_longlong(ncid, NC_GLOBAL, "entries_done", NC_INT64, 1, &zero));
     NC(nc_enddef(ncid));
     int vars[] = {f->v_status, f->v_test, f->v_bestval, f->v_bestval_step, f->v_test_at_best, f->v_loss,
-                  f->v_params, f->v_wall, f->v_rank, f->v_curve_loss, f->v_curve_val, f->v_curve_test};
+                  f->v_params, f->v_wall, f->v_rank, f->v_steps_run, f->v_curve_loss, f->v_curve_val, f->v_curve_test,
+                  v_grid, v_chosen, v_selacc, v_seln, v_lr[0], v_lr[1], v_lr[2], v_lr[3]};
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) NC(tsr_ncpar_var_independent(ncid, vars[i]));
+    if (tsr_world.rank == 0) { /* the per-method values are known before any entry runs */
+        size_t st[2] = {0, 0}, cm[1] = {(size_t)L->M}, cg[1] = {(size_t)G}, c2[2] = {(size_t)L->M, (size_t)G};
+        double one = 1;
+        NC(nc_put_vara_double(ncid, v_grid, st, cg, lr->G > 0 ? lr->grid : &one));
+        if (lr->chosen) NC(nc_put_vara_double(ncid, v_chosen, st, cm, lr->chosen));
+        for (int i = 0; i < 4; i++)
+            if (lr->lr[i]) NC(nc_put_vara_double(ncid, v_lr[i], st, cm, lr->lr[i]));
+        if (lr->G > 0 && lr->accuracy) NC(nc_put_vara_double(ncid, v_selacc, st, c2, lr->accuracy));
+        if (lr->G > 0 && lr->entries) NC(nc_put_vara_int(ncid, v_seln, st, c2, lr->entries));
+    }
     if (put_names(ncid, "method", L->M, L->methods) || put_names(ncid, "task", L->T, L->tasks)) return -1;
     const char *cn[3] = {"shots", "seed", "eval_step"};
     const long *cv[3] = {L->shots, L->seeds, L->eval_steps};
@@ -151,7 +185,7 @@ int tsr_results_put(tsr_results_file *f, int m, int t, int k, int s, const tsr_r
     int ncid = f->ncid;
     size_t st[5] = {(size_t)m, (size_t)t, (size_t)k, (size_t)s, 0}, one[5] = {1, 1, 1, 1, 1};
     signed char done = 1;
-    int bvs = (int)e->best_val_step, rk = e->rank;
+    int bvs = (int)e->best_val_step, rk = e->rank, sr = (int)e->steps_run;
     long long tp = (long long)e->trainable;
     NC(nc_put_vara_schar(ncid, f->v_status, st, one, &done));
     NC(nc_put_vara_double(ncid, f->v_test, st, one, &e->test_accuracy));
@@ -162,6 +196,7 @@ int tsr_results_put(tsr_results_file *f, int m, int t, int k, int s, const tsr_r
     NC(nc_put_vara_longlong(ncid, f->v_params, st, one, &tp));
     NC(nc_put_vara_double(ncid, f->v_wall, st, one, &e->wall_time));
     NC(nc_put_vara_int(ncid, f->v_rank, st, one, &rk));
+    NC(nc_put_vara_int(ncid, f->v_steps_run, st, one, &sr));
     int n = e->n_eval < f->E ? e->n_eval : f->E;
     if (n > 0) {
         float *buf = tsr_malloc(sizeof(float) * (size_t)n);

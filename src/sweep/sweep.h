@@ -6,6 +6,11 @@
  * every evaluation point and on the test split. Ranks draw entries from a shared counter (MPI one-sided
  * fetch-and-add), costliest first, so that entries 100x apart in cost balance.
  *
+ * Learning rates (fewshot.lr_grid with two or more multipliers): first a selection phase, the same loop over
+ * methods x multipliers x selection tasks (fewshot.lr_tasks or suite.val, never test tasks) x shots x seeds;
+ * per method the multiplier with the best mean fewshot.lr_metric, recorded in the results file, scales the
+ * learning rates of its test entries (docs/FEWSHOT.md).
+ *
  * Durability: each finished entry is written atomically to RESULTS.entries/<method>__<task>__k<K>__s<S>.st
  * (a safetensors file: curves as tensors, scalars and the entry's configuration fingerprint as metadata).
  * The netCDF results file is written by every rank in parallel under RESULTS.tmp and renamed over RESULTS
@@ -28,4 +33,12 @@ typedef struct {
  * text. Returns 0 (every entry finished), 1 (errors, or entries failed: each named in the log) or
  * TSR_EXIT_REQUEUE (stopped by a signal; the file is written as partial). */
 int tsr_sweep_run(const tsr_ctx *ctx, const tsr_config *cfg, const char *cfg_text, const tsr_sweep_opts *o);
+
+/* The configuration of one test entry (method, task, shots, seed) of the sweep file sweep_path with the
+ * command line's overrides, resolved as tsr_sweep_run resolves it: the sweep file, the method's file
+ * (fewshot.method_dir), the overrides, the method's fewshot.set lines, then the entry's own keys
+ * (adapter.init / adapter.fewshot for methods that start from pre-trained adapters, which must be
+ * readable), at the configured learning rates (x1). 0 / -1 (tsr_error). */
+int tsr_sweep_entry_config(const char *sweep_path, int nset, char **sets, const char *method, const char *task,
+                           long shots, long seed, tsr_config *out);
 #endif

@@ -146,6 +146,57 @@ static int adapter_config_from(const tsr_config *cfg, tsr_adapter_config *ac, in
     return 0;
 }
 
+static void sites_text(char *buf, size_t n, int mask, int lora) {
+    static const char *ln[TSR_NLORA] = {"q", "k", "v", "proj", "fc1", "fc2"};
+    static const char *bn[TSR_NBN] = {"parallel", "houlsby_attn", "mlp_seq"};
+    size_t o = 0;
+    buf[0] = 0;
+    for (int i = 0; i < (lora ? TSR_NLORA : TSR_NBN); i++)
+        if (mask & (1 << i)) o += (size_t)snprintf(buf + o, o < n ? n - o : 0, "%s%s", o ? ", " : "", lora ? ln[i] : bn[i]);
+}
+
+int tsr_train_check_init(const tsr_config *cfg) {
+    if (!cfg->adapter.init[0] || strcmp(cfg->adapter.kind, "none") == 0) return 0;
+    tsr_adapter_config f, c;
+    int depth, dim, mlp;
+    if (tsr_adapters_load_config(cfg->adapter.init, &f, &depth, &dim, &mlp) != 0) return tsr_error_context("adapter.init");
+    if (adapter_config_from(cfg, &c, 1) != 0) return -1;
+    char diff[2048], a[96], b[96];
+    size_t o = 0;
+#define DIFF(...) (o += (size_t)snprintf(diff + o, o < sizeof diff ? sizeof diff - o : 0, __VA_ARGS__))
+    if (!!f.lora_sites != !!c.lora_sites) DIFF("; adapter.kind: the file holds %s, the configuration says %s",
+                                               f.lora_sites ? "lora" : "bottleneck", cfg->adapter.kind);
+    else if (c.lora_sites) {
+        if (f.lora_sites != c.lora_sites) {
+            sites_text(a, sizeof a, f.lora_sites, 1);
+            sites_text(b, sizeof b, c.lora_sites, 1);
+            DIFF("; adapter.lora_sites: [%s] in the file, [%s] in the configuration", a, b);
+        }
+        if (f.lora_rank != c.lora_rank) DIFF("; adapter.lora_rank: %d vs %d", f.lora_rank, c.lora_rank);
+        if (fabs(f.lora_alpha / f.lora_rank - c.lora_alpha / c.lora_rank) > 1e-12 * fabs(c.lora_alpha / c.lora_rank))
+            DIFF("; LoRA scale (adapter.lora_alpha / adapter.lora_rank): %g vs %g", f.lora_alpha / f.lora_rank,
+                 c.lora_alpha / c.lora_rank);
+        if (f.lora_init_peft != c.lora_init_peft)
+            DIFF("; adapter.lora_init: %s vs %s", f.lora_init_peft ? "peft" : "authors", c.lora_init_peft ? "peft" : "authors");
+    } else {
+        if (f.bn_sites != c.bn_sites) {
+            sites_text(a, sizeof a, f.bn_sites, 0);
+            sites_text(b, sizeof b, c.bn_sites, 0);
+            DIFF("; adapter.placement: [%s] in the file, [%s] in the configuration", a, b);
+        }
+        if (f.bn_dim != c.bn_dim) DIFF("; adapter.bottleneck: %d vs %d", f.bn_dim, c.bn_dim);
+        if (f.bn_scale != c.bn_scale) DIFF("; adapter.scale: %g vs %g", f.bn_scale, c.bn_scale);
+        if (f.bn_dropout != c.bn_dropout) DIFF("; adapter.dropout: %g vs %g", f.bn_dropout, c.bn_dropout);
+        if (f.bn_relu != c.bn_relu) DIFF("; adapter.activation: %s vs %s", f.bn_relu ? "relu" : "gelu", c.bn_relu ? "relu" : "gelu");
+    }
+    if (f.skills != c.skills) DIFF("; adapter.skills (with adapter.routing): %d vs %d", f.skills, c.skills);
+    if (f.heads != c.heads) DIFF("; adapter.heads (with adapter.routing): %d vs %d", f.heads, c.heads);
+#undef DIFF
+    if (!o) return 0;
+    return tsr_error("adapter.init: %s was not made by this adapter configuration (file vs configuration)%s",
+                     cfg->adapter.init, diff);
+}
+
 /* Adapters from a pre-trained file (adapter.init), used as adapter.fewshot says. */
 static int adapters_from_file(tsr_trainer *T) {
     const tsr_config *cfg = T->cfg;
@@ -161,6 +212,7 @@ static int adapters_from_file(tsr_trainer *T) {
         return tsr_error_context("adapter.init");
     T->pre.ln_eps = vc->ln_eps;
     if (tsr_adapters_load(&T->pre, init) != 0) return tsr_error_context("adapter.init");
+    if (tsr_train_check_init(cfg) != 0) WARN(T, "%s", tsr_last_error());
     tsr_adapter_config nc = ac;
     nc.n_tasks = T->ntasks;
     if (strcmp(v, "mu") == 0) {
@@ -201,6 +253,7 @@ static int setup_adapters(tsr_trainer *T) {
         int split = strcmp(cfg->mosa.split, "up") == 0     ? TSR_MOSA_SPLIT_UP
                     : strcmp(cfg->mosa.split, "down") == 0 ? TSR_MOSA_SPLIT_DOWN
                                                            : TSR_MOSA_SPLIT_UP | TSR_MOSA_SPLIT_DOWN;
+        if (strcmp(cfg->mosa.bias, "shared") == 0) split |= TSR_MOSA_SHARE_BIAS;
         if (tsr_mosa_create(&T->mo, &T->ad, (int)cfg->mosa.modules, split, cfg->mosa.baseline, (uint64_t)cfg->run.seed) != 0)
             return -1;
         T->mop = &T->mo;
@@ -236,7 +289,8 @@ static void setup_optim(tsr_trainer *T) {
     if (!T->z_only) {
         if (ad->off_bias > 0) tsr_adamw_add_group(&T->oa, 0, ad->off_bias, cfg->optim.adapter_lr, cfg->optim.adapter_wd);
         if (ad->off_Z > ad->off_bias) tsr_adamw_add_group(&T->oa, ad->off_bias, ad->off_Z - ad->off_bias, cfg->optim.adapter_lr, 0);
-        T->trainable += ad->off_Z;
+        /* what is trained: the sparse baseline trains module 0's elements of its split tensors only */
+        T->trainable += T->mop ? tsr_mosa_trained(T->mop, 0, ad->off_Z) : ad->off_Z;
     }
     if (ad->num_params > ad->off_Z) {
         tsr_adamw_add_group(&T->oa, ad->off_Z, ad->num_params - ad->off_Z, cfg->optim.routing_lr, cfg->optim.routing_wd);
@@ -245,7 +299,7 @@ static void setup_optim(tsr_trainer *T) {
     if (T->mop && T->mo.nbias) {
         tsr_adamw_init(&T->ob, T->mo.nbias, 0.9, 0.999, 1e-8);
         tsr_adamw_add_group(&T->ob, 0, T->mo.nbias, cfg->optim.adapter_lr, 0);
-        T->trainable += T->mo.nbias;
+        T->trainable += T->mo.baseline ? T->mo.bias_row : T->mo.nbias; /* the baseline trains module 0's copy */
     }
 }
 
@@ -366,6 +420,107 @@ static int setup_precision(tsr_trainer *T) {
     return 0;
 }
 
+/* Does this run start its (new) head from class-mean features? run.head_init prototype, or auto with
+ * data.shots > 0; only for a new head (run.reset_head, or no run.init), never for tessera train or the
+ * gradient pass. */
+static int head_is_prototype(const tsr_trainer *T) {
+    const tsr_config *cfg = T->cfg;
+    if (T->opts->backbone || T->opts->grad_examples > 0) return 0;
+    if (cfg->run.init[0] && !cfg->run.reset_head) return 0;
+    if (strcmp(cfg->run.head_init, "prototype") == 0) return 1;
+    return strcmp(cfg->run.head_init, "auto") == 0 && cfg->data.shots > 0;
+}
+
+/* Prototype initialisation of the head (docs/FEWSHOT.md). The features are what the head sees (the final
+ * LayerNorm of the class token) for every training example (the support set, not augmented), with the
+ * adapters as they start (merged for MoSA; routing at its initial rows). With mu_c the mean feature of
+ * class c, the head is the nearest-class-mean classifier
+ *   W_c = 2 mu_c / tau,  b_c = -|mu_c|^2 / tau   (logit_c(f) = (|f|^2 - |f - mu_c|^2) / tau),
+ * tau = the mean squared distance between two class means (1 with fewer than two classes), so that the
+ * logits do not depend on the features' scale and a support image at its own class mean starts about
+ * one unit above the other classes (not a saturated softmax: the loss still has a gradient). A class
+ * without training examples gets W_c = 0 and b_c = -(max|f| + max|mu|)^2 / tau, below every present
+ * class's logit on every support image. Every rank computes the same head (sums all-reduced). 0 / -1. */
+static int init_head_prototype(tsr_trainer *T) {
+    tsr_vit *m = &T->m;
+    int K = T->vc.num_classes, D = T->vc.dim, B = T->B;
+    size_t per = (size_t)T->vc.channels * T->vc.image_size * T->vc.image_size;
+    double *sum = tsr_calloc((size_t)K * (D + 1), sizeof(double)), *cnt = sum + (size_t)K * D;
+    float *x = tsr_malloc(sizeof(float) * per * B);
+    int *lab = tsr_malloc(sizeof(int) * B), *tid = tsr_malloc(sizeof(int) * B), fail = 0;
+    double fmax = 0;
+    tsr_adapters *ad = T->use_ad ? &T->ad : NULL;
+    if (T->mop) tsr_mosa_swap_merged(T->mop, 1);
+    for (int t = 0; t < T->ntasks && !fail; t++) {
+        if (!T->eval_mine[t]) continue;
+        int64_t n = tsr_tasks_count(&T->ts, TSR_SPLIT_TRAIN, t);
+        for (int64_t s0 = 0; s0 < n && !fail; s0 += B) {
+            int b = (int)(n - s0 < B ? n - s0 : B);
+            for (int i = 0; i < b && !fail; i++) {
+                fail = tsr_tasks_get(&T->ts, TSR_SPLIT_TRAIN, t, s0 + i, x + (size_t)i * per, &lab[i]) != 0;
+                tid[i] = t;
+            }
+            if (fail) break;
+            if (ad && tsr_adapters_begin(ad, tid, b, 0, 0, 0, NULL) != 0) tsr_fatal("%s", tsr_last_error());
+            tsr_vit_forward(m, x, NULL, b); /* one task per batch: the model keeps the caller's order */
+            for (int i = 0; i < b; i++) {
+                if (lab[i] < 0 || lab[i] >= K) continue;
+                const float *f = m->acts.lnf + (size_t)i * D;
+                double *sc = sum + (size_t)lab[i] * D, f2 = 0;
+                for (int j = 0; j < D; j++) sc[j] += f[j], f2 += (double)f[j] * f[j];
+                cnt[lab[i]] += 1;
+                if (sqrt(f2) > fmax) fmax = sqrt(f2);
+            }
+        }
+    }
+    if (T->mop) tsr_mosa_swap_merged(T->mop, 0);
+    free(x);
+    free(lab);
+    free(tid);
+    if (tsr_dist_fail_together(T->comm, fail, &T->ctx->log)) {
+        free(sum);
+        return -1;
+    }
+    tsr_dist_allreduce_sum_f64(T->comm, sum, (size_t)K * (D + 1));
+    fmax = tsr_dist_allreduce_max_f64(T->comm, fmax);
+    int present = 0;
+    double tau = 0, pairs = 0, mumax = 0, nex = 0;
+    for (int c = 0; c < K; c++) {
+        if (cnt[c] <= 0) continue;
+        present++;
+        nex += cnt[c];
+        double n2 = 0;
+        for (int j = 0; j < D; j++) sum[(size_t)c * D + j] /= cnt[c], n2 += sum[(size_t)c * D + j] * sum[(size_t)c * D + j];
+        if (sqrt(n2) > mumax) mumax = sqrt(n2);
+    }
+    for (int a = 0; a < K; a++)
+        for (int c = a + 1; c < K && cnt[a] > 0; c++) {
+            if (cnt[c] <= 0) continue;
+            double d2 = 0;
+            for (int j = 0; j < D; j++) {
+                double d = sum[(size_t)a * D + j] - sum[(size_t)c * D + j];
+                d2 += d * d;
+            }
+            tau += d2, pairs += 1;
+        }
+    tau = pairs > 0 ? tau / pairs : 0;
+    if (!(tau > 0)) tau = 1;
+    for (int c = 0; c < K; c++) {
+        const double *mu = sum + (size_t)c * D;
+        float *w = m->params.headw + (size_t)c * D;
+        double n2 = 0;
+        for (int j = 0; j < D; j++) {
+            w[j] = cnt[c] > 0 ? (float)(2 * mu[j] / tau) : 0.0f;
+            n2 += mu[j] * mu[j];
+        }
+        m->params.headb[c] = (float)(cnt[c] > 0 ? -n2 / tau : -(fmax + mumax) * (fmax + mumax) / tau);
+    }
+    INFO(T, "head: prototype initialisation (nearest class mean) from %.0f training examples of %d of %d classes, "
+         "tau %.4g", nex, present, K, tau);
+    free(sum);
+    return 0;
+}
+
 static int setup(tsr_trainer *T) {
     if (setup_data(T) != 0) return -1;
     int fail = setup_model(T) != 0 || setup_adapters(T) != 0;
@@ -375,6 +530,7 @@ static int setup(tsr_trainer *T) {
     fail = setup_weights(T) != 0;
     if (tsr_dist_fail_together(T->comm, fail, &T->ctx->log)) return -1;
     tsr_vit_plan_backward(&T->m, &T->tr); /* blocks below the lowest trained one keep no activations */
+    if (head_is_prototype(T) && init_head_prototype(T) != 0) return -1;
     const tsr_config *cfg = T->cfg;
     INFO(T, "method: mode %s, adapter %s, routing %s%s, %d modules, trainable parameters %zu (backbone %zu)",
          T->opts->backbone ? "backbone" : cfg->adapt.mode, T->use_ad ? cfg->adapter.kind : "none",
@@ -394,6 +550,7 @@ static int setup(tsr_trainer *T) {
 
 static void trainer_free(tsr_trainer *T) {
     if (T->curve) fclose(T->curve);
+    free(T->best);
     free(T->sync);
     free(T->xb);
     free(T->tmp_img);
@@ -497,31 +654,77 @@ typedef struct {
     long start_step;
 } run_clock;
 
-/* Test (and validation) accuracy after `step`, into the result. 0 / -1 (ranks failed together). */
+/* The trained values (the 3 segments of the flat vector) into buf, or back from it (restore). */
+static void trained_copy(tsr_trainer *T, float *buf, int restore) {
+    size_t o = 0;
+    for (int k = 0; k < 3; k++) {
+        if (T->lens[k]) {
+            if (restore) memcpy(T->pbufs[k], buf + o, sizeof(float) * T->lens[k]);
+            else memcpy(buf + o, T->pbufs[k], sizeof(float) * T->lens[k]);
+        }
+        o += T->lens[k];
+    }
+}
+
+/* Validation (first: it decides whether train.patience ends the run here) and test accuracy after `step`,
+ * into the result; a better validation accuracy keeps a copy of the trained values. 0 / -1 (ranks failed
+ * together). */
 static int eval_point(tsr_trainer *T, long step, int last, double *acc, tsr_train_result *res, double last_loss) {
     const tsr_config *cfg = T->cfg;
-    int64_t lim = last ? (cfg->train.eval_limit > 0 ? cfg->train.eval_limit : 0) : 1000;
     int fail = 0;
     tsr_adapters *ad = T->use_ad ? &T->ad : NULL;
-    *acc = tsr_evaluate(T->comm, &T->m, ad, T->mop, &T->ts, TSR_SPLIT_TEST, T->eval_mine, lim, T->per_task, &fail);
     double vacc = NAN;
     if (T->ts.suite && T->opts->want_val)
         vacc = tsr_evaluate(T->comm, &T->m, ad, T->mop, &T->ts, TSR_SPLIT_VAL, T->eval_mine, 0, T->per_task, &fail);
+    int better = 0;
+    if (res && isfinite(vacc)) { /* the first of equal accuracies stays the best: the smaller budget */
+        better = !(vacc <= res->best_val_accuracy);
+        T->since_best = better ? 0 : T->since_best + 1;
+        if (!last && cfg->train.patience > 0 && T->since_best >= cfg->train.patience) T->stop_early = 1;
+    }
+    int final = last || T->stop_early;
+    int64_t lim = final ? (cfg->train.eval_limit > 0 ? cfg->train.eval_limit : 0) : 1000;
+    *acc = tsr_evaluate(T->comm, &T->m, ad, T->mop, &T->ts, TSR_SPLIT_TEST, T->eval_mine, lim, T->per_task, &fail);
     if (tsr_dist_fail_together(T->comm, fail, &T->ctx->log)) return -1;
-    INFO(T, "eval  %6ld  mean test accuracy over %d tasks %.4f (%s)", step + 1, T->ntasks, *acc,
-         last && cfg->train.eval_limit == 0 ? "full test set" : "first test images");
+    INFO(T, "eval  %6ld  mean test accuracy over %d tasks %.4f (%s)%s", step + 1, T->ntasks, *acc,
+         final && cfg->train.eval_limit == 0 ? "full test set" : "first test images",
+         isfinite(vacc) ? (better ? ", validation: best so far" : ", validation: no better") : "");
     if (!res) return 0;
     int k = res->n_eval++;
     res->eval_step[k] = step + 1;
     res->train_loss[k] = last_loss;
     res->val_accuracy[k] = vacc;
     res->test_accuracy[k] = *acc;
-    if (isfinite(vacc) && !(vacc <= res->best_val_accuracy)) {
+    if (better) {
         res->best_val_accuracy = vacc;
         res->best_val_step = step + 1;
-        res->test_at_best_val = *acc;
+        res->test_at_best_val = *acc; /* replaced after training by the restored parameters' accuracy */
+        if (!T->best) T->best = tsr_malloc(sizeof(float) * (T->nsync ? T->nsync : 1));
+        trained_copy(T, T->best, 0);
     }
-    if (last) res->test_accuracy_final = *acc;
+    if (final) res->test_accuracy_final = *acc;
+    return 0;
+}
+
+/* After training with a validation split: the parameters of the best validation evaluation come back
+ * (they are the selected model: what run.output_dir's files would hold), and their test accuracy on
+ * train.eval_limit images (0 = all) is test_at_best_val; when the best is the last evaluation, that
+ * evaluation's figure is it. 0 / -1 (ranks failed together). */
+static int restore_best(tsr_trainer *T, tsr_train_result *res) {
+    if (!res || !T->best || res->best_val_step < 1 || res->n_eval < 1) return 0;
+    if (res->best_val_step == res->eval_step[res->n_eval - 1]) {
+        res->test_at_best_val = res->test_accuracy_final;
+        return 0;
+    }
+    trained_copy(T, T->best, 1);
+    const tsr_config *cfg = T->cfg;
+    int fail = 0;
+    res->test_at_best_val = tsr_evaluate(T->comm, &T->m, T->use_ad ? &T->ad : NULL, T->mop, &T->ts, TSR_SPLIT_TEST,
+                                         T->eval_mine, cfg->train.eval_limit > 0 ? cfg->train.eval_limit : 0,
+                                         T->per_task, &fail);
+    if (tsr_dist_fail_together(T->comm, fail, &T->ctx->log)) return -1;
+    INFO(T, "eval  best validation accuracy %.4f at step %ld: its parameters restored, test accuracy %.4f",
+         res->best_val_accuracy, res->best_val_step, res->test_at_best_val);
     return 0;
 }
 
@@ -634,6 +837,7 @@ static void result_init(tsr_train_result *res, long steps, long eval_every) {
     res->test_accuracy = tsr_calloc(ne, sizeof(double));
     res->best_val_accuracy = res->test_at_best_val = res->test_accuracy_final = NAN;
     res->best_val_step = -1;
+    res->steps_run = 0;
 }
 
 /* ---------------------------------------------------------------- the loop */
@@ -644,6 +848,7 @@ static int loop(tsr_trainer *T, run_clock *ck, tsr_train_result *res) {
     long steps = cfg->train.steps;
     tsr_dist_install_stop_signals();
     ck->t_start = ck->t_win = tsr_time();
+    if (res) res->steps_run = ck->start_step;
     for (long step = ck->start_step; step < steps; step++) {
         int Bl, fail = 0, nfail;
         double lsum = step_gradients(T, step, &Bl, &fail), gn = 0;
@@ -661,6 +866,13 @@ static int loop(tsr_trainer *T, run_clock *ck, tsr_train_result *res) {
         ck->loss_win += loss;
         ck->n_win++;
         if (report(T, step, lrf, gn, ck, res) != 0) return 1;
+        if (res) res->steps_run = step + 1;
+        if (T->stop_early) { /* train.patience: every rank saw the same validation accuracies */
+            INFO(T, "train: no better validation accuracy in %ld evaluations: stopped after step %ld (best %.4f at "
+                 "step %ld)", cfg->train.patience, step + 1, res ? res->best_val_accuracy : NAN,
+                 res ? res->best_val_step : -1L);
+            break;
+        }
         int stop = tsr_dist_stop_requested(T->comm);
         if (stop && T->opts->quiet) return TSR_EXIT_REQUEUE; /* a sweep entry: abandoned, not recorded */
         int every = cfg->run.checkpoint_every > 0 && (step + 1) % cfg->run.checkpoint_every == 0;
@@ -703,6 +915,10 @@ int tsr_train_run(const tsr_ctx *ctx, const tsr_config *cfg, const char *cfg_tex
         T.curve = NULL;
     }
     if (rc != 0) goto out;
+    if (restore_best(&T, res) != 0) {
+        rc = 1;
+        goto out;
+    }
     if (res) {
         res->first_loss = ck.first_loss;
         res->last_loss = ck.last_loss;

@@ -30,15 +30,18 @@ typedef struct {
 } tsr_train_opts;
 
 typedef struct {
-    int n_eval;                /* evaluation points (every train.eval_every steps and the last) */
+    int n_eval;                /* evaluation points (every train.eval_every steps and the last one run) */
     long *eval_step;           /* (n_eval) step after which each evaluation ran */
     double *train_loss;        /* (n_eval) mean training loss of the logging window before it */
     double *val_accuracy;      /* (n_eval) mean over tasks (NaN without want_val) */
     double *test_accuracy;     /* (n_eval) mean over tasks (first 1000 test images before the last) */
     double test_accuracy_final;  /* the last evaluation (train.eval_limit images, 0 = the whole split) */
-    double best_val_accuracy;  /* best val_accuracy, its step and the test accuracy there */
+    double best_val_accuracy;  /* best val_accuracy (the first of equal ones), its step, and the test accuracy
+                                  of the parameters of that step (restored after training, train.eval_limit
+                                  images) */
     long best_val_step;
     double test_at_best_val;
+    long steps_run;            /* steps trained: train.steps, or fewer when train.patience stopped the run */
     double first_loss, last_loss;
     size_t trainable;          /* trained parameters (head included) */
     double wall_time;          /* seconds, set-up included */
@@ -58,4 +61,12 @@ typedef struct {
 int tsr_train_run(const tsr_ctx *ctx, const tsr_config *cfg, const char *cfg_text, const tsr_train_opts *opts,
                   tsr_train_result *res);
 void tsr_train_result_free(tsr_train_result *res);
+
+/* adapter.init (a tessera adapters file) against the adapter.* keys of cfg: was it made by this adapter
+ * configuration? Compared: the kind, LoRA sites, rank, scale (alpha / rank) and A initialisation, or the
+ * bottleneck placement, width, scale, dropout and activation, and the skills and heads of the routing.
+ * 0 when they agree (or there is no adapter.init), -1 with tsr_error naming every key that differs and
+ * both values. The trainer uses the file's configuration and warns on a difference; tessera fewshot
+ * refuses one (a stale pre-training run would silently be another method). */
+int tsr_train_check_init(const tsr_config *cfg);
 #endif

@@ -46,6 +46,10 @@ typedef struct {
     int64_t *exi;
     double *per_task;
     FILE *curve;
+    /* model selection by validation (opts->want_val): the trained values (the 3 segments, nsync floats) at
+     * the best validation accuracy so far, evaluations since then, and whether train.patience ended the run */
+    float *best;
+    int since_best, stop_early;
 } tsr_trainer;
 
 /* The gradient pass (opts->grad_examples > 0). 0 / -1 (tsr_error, this rank). */

@@ -4,8 +4,9 @@
  *   L = CE(z1, y) + c [KL(sg p2 || p1) + KL(sg p1 || p2)]
  * (stop-gradient: q1 = p1, q2 = p2 held at their current values) is differentiated correctly, for a
  * bottleneck adapter (split up and down, with biases) and for a routed MHR LoRA inventory (MoSA x MHR).
- * Also: two steps draw different modules somewhere, and swapping in the merged adapter and back
- * restores the dense storage bit for bit. */
+ * Also: two steps draw different modules somewhere, swapping in the merged adapter and back restores the
+ * dense storage bit for bit, and the two consistency views draw independent dropout masks while a
+ * recomputed view reproduces its first forward exactly. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -130,6 +131,56 @@ static void test_bottleneck_split_both(void **s) {
     tsr_adapter_config ac = {.bn_sites = 1, .bn_dim = 4, .bn_scale = 0.5, .skills = 1, .heads = 1, .n_tasks = 3, .tau = 1};
     run("bottleneck parallel, split up and down", ac, TSR_MOSA_SPLIT_UP | TSR_MOSA_SPLIT_DOWN, 0);
     run("bottleneck parallel, split up and down", ac, TSR_MOSA_SPLIT_UP | TSR_MOSA_SPLIT_DOWN, C);
+    /* with dropout: each view draws its own masks, and the step's recomputed view 1 must use the masks of its
+     * first forward (the surrogate recomputes both views: a mismatch shows up as a gradient error) */
+    ac.bn_dropout = 0.3;
+    run("bottleneck parallel, split up and down, dropout 0.3", ac, TSR_MOSA_SPLIT_UP | TSR_MOSA_SPLIT_DOWN, C);
+}
+
+/* The consistency views draw independent dropout masks: with one module (N = 1, so both views use the
+ * same weights) the views' outputs differ only through dropout, and they must differ; a view run again
+ * (as the step's backward recomputes view 1) reproduces its first forward bit for bit; outside the
+ * views (view 0 after tsr_mosa_end) the masks are those of view 0. */
+static void test_views_draw_own_dropout(void **s) {
+    (void)s;
+    tsr_rng r;
+    tsr_rng_seed(&r, 17);
+    tsr_vit m;
+    tsr_adapters ad;
+    tsr_mosa mo;
+    assert_int_equal(tsr_vit_create_f64(&m, &small, B), 0);
+    for (size_t i = 0; i < m.num_params; i++) m.params_mem[i] = tsr_rng_normal(&r) * 0.4;
+    for (int i = 0; i < small.dim; i++) m.params.lnfw[i] += 1;
+    tsr_adapter_config ac = {.bn_sites = 1, .bn_dim = 6, .bn_scale = 0.5, .bn_dropout = 0.5, .skills = 1, .heads = 1,
+                             .n_tasks = 3, .tau = 1, .layer_max = -1};
+    assert_int_equal(tsr_adapters_create_f64(&ad, &ac, small.depth, small.dim, small.mlp_dim, m.tokens, B), 0);
+    for (size_t i = 0; i < ad.num_params; i++) ad.params[i] = tsr_rng_normal(&r) * 0.5;
+    tsr_adapters_attach_f64(&ad, &m);
+    assert_int_equal(tsr_mosa_create_f64(&mo, &ad, 1, TSR_MOSA_SPLIT_UP, 0, 1234), 0);
+    size_t nimg = (size_t)B * small.channels * small.image_size * small.image_size;
+    double *img = tsr_malloc(sizeof(double) * nimg), p0[B * 3], p1[B * 3], p1b[B * 3], p0b[B * 3];
+    for (size_t i = 0; i < nimg; i++) img[i] = tsr_rng_normal(&r);
+    ctx x = {&m, &ad, &mo, img, NULL, NULL, 0};
+    probs_view(&x, 0, p0);
+    probs_view(&x, 1, p1);
+    probs_view(&x, 1, p1b);
+    assert_int_equal(ad.view, 0); /* tsr_mosa_end leaves view 0 */
+    probs_view(&x, 0, p0b);
+    double dmax = 0;
+    for (int i = 0; i < B * small.num_classes; i++) dmax = fmax(dmax, fabs(p0[i] - p1[i]));
+    printf("  views 0 and 1, one module: max |p0 - p1| = %.3g (dropout alone)\n", dmax);
+    assert_true(dmax > 1e-6);
+    assert_memory_equal(p1, p1b, sizeof p1); /* the recomputed view equals its first forward */
+    assert_memory_equal(p0, p0b, sizeof p0);
+    /* without dropout the two views of one module coincide: the difference above is the masks' */
+    ad.cfg.bn_dropout = 0;
+    probs_view(&x, 0, p0);
+    probs_view(&x, 1, p1);
+    assert_memory_equal(p0, p1, sizeof p0);
+    free(img);
+    tsr_mosa_destroy_f64(&mo);
+    tsr_adapters_destroy_f64(&ad);
+    tsr_vit_destroy_f64(&m);
 }
 static void test_bottleneck_split_up(void **s) {
     (void)s;
@@ -144,6 +195,7 @@ static void test_mosa_x_mhr(void **s) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_bottleneck_split_both), cmocka_unit_test(test_bottleneck_split_up),
-                                       cmocka_unit_test(test_mosa_x_mhr)};
+                                       cmocka_unit_test(test_mosa_x_mhr),
+                                       cmocka_unit_test(test_views_draw_own_dropout)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,5 +1,5 @@
 """Shared set-up of the MPI tests: a small glyph suite (tessera prepare glyphs) and a tiny backbone with
-LoRA, Poly and MHR adapters pre-trained on three of its scripts (tessera pretrain, 2 ranks)."""
+LoRA, Poly, MHR and MoSA x MHR adapters pre-trained on three of its scripts (tessera pretrain, 2 ranks)."""
 import os
 import subprocess
 
@@ -62,7 +62,7 @@ def setup(exe, src, mpiexec, tmp, check):
                                   "train.eval_limit=10"]
     stages = [("backbone", os.path.join(src, "configs/pretrain_backbone_glyphs.yaml"),
                ["data.role=source", "model.num_classes=15", "train.steps=10", "data.augment=false"])]
-    for m in ["lora", "poly", "mhr"]:
+    for m in ["lora", "poly", "mhr", "mosa_mhr"]:
         stages.append((m, os.path.join(src, f"configs/methods/{m}.yaml"),
                        ["data.role=train", "model.num_classes=15", "data.joint_labels=true", "train.steps=6",
                         f"run.init={pre}/backbone/model.safetensors", "run.reset_head=true"]))

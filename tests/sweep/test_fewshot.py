@@ -11,7 +11,15 @@ adapters pre-trained here by `tessera pretrain`):
   values for entries not run, and exit 3 (requeue);
 - corruption: a damaged journal entry runs again; a journal entry of another configuration is stale;
 - job arrays: --shard 0/2 and 1/2 then --collect assemble the same file;
-- bad input: an unknown method, a task not in the suite, duplicate shots: clear errors, exit non-zero.
+- bad input: an unknown method, a task not in the suite, duplicate shots, pre-trained adapters made by
+  another configuration, a learning-rate selection task that is a test task: clear errors, exit non-zero;
+- matched methods: MoSA trains the adapter's parameters, MoSA x MHR those of MHR, LoRA from scratch, shared
+  LoRA and MHR-mu the same single LoRA;
+- the protocol: the test accuracy at the best validation step is that of the restored parameters (equal to
+  the curve's point there); with train.patience an entry stops exactly patience evaluations after its best;
+  the learning-rate selection runs every method x multiplier on the validation tasks, is journaled and
+  resumable, and the results file holds its mean accuracies, the chosen multiplier (the best mean) and the
+  resulting learning rates.
 
 usage: test_fewshot.py TESSERA_BINARY SOURCE_DIR MPIEXEC
 """
@@ -28,9 +36,34 @@ import xarray as xr
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
 from tiny_glyphs import ENV, check, main_wrapper, model_sets, run  # noqa: E402
 
-METHODS = ["lora", "shared_lora", "poly", "mhr", "mhr_z", "mhr_mu", "adapter", "mosa", "probe", "full"]
+METHODS = ["lora", "shared_lora", "poly", "mhr", "mhr_z", "mhr_mu", "adapter", "mosa", "sparse", "mosa_mhr",
+           "probe", "full"]
+NM = len(METHODS)
+NE = NM * 2 * 2 * 2  # entries: methods x 2 tasks x 2 shot counts x 2 seeds
 VARS = ["status", "test_accuracy", "best_val_accuracy", "best_val_step", "test_accuracy_at_best_val",
-        "final_train_loss", "trainable_parameters", "train_loss", "val_accuracy", "test_accuracy_curve"]
+        "final_train_loss", "trainable_parameters", "steps_run", "train_loss", "val_accuracy", "test_accuracy_curve"]
+
+
+def st_metadata(path):
+    """The __metadata__ of a safetensors file (a journal entry)."""
+    import json
+    import struct
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        return json.loads(f.read(n)).get("__metadata__", {})
+
+
+def at_best(ds):
+    """Per entry: the test accuracy curve's value at best_val_step, and test_accuracy_at_best_val."""
+    steps = list(ds.eval_step.values)
+    got, want = [], []
+    for idx in np.ndindex(ds.status.shape):
+        if ds.status.values[idx] != 1:
+            continue
+        k = steps.index(int(ds.best_val_step.values[idx]))
+        got.append(float(ds.test_accuracy_at_best_val.values[idx]))
+        want.append(float(ds.test_accuracy_curve.values[idx + (k,)]))
+    return np.array(got), np.array(want)
 
 
 def main(exe, src, mpiexec, tmp, suite, pre):
@@ -40,7 +73,7 @@ def main(exe, src, mpiexec, tmp, suite, pre):
     sweep = model + ["model.num_classes=5", "fewshot.tasks=[ogham, runic]", "fewshot.shots=[1, 2]",
                      "fewshot.seeds=[0, 1]", f"fewshot.pretrained={pre}", f"run.init={pre}/backbone/model.safetensors",
                      "train.steps=6", "train.batch_size=8", "train.eval_every=2", "train.warmup_steps=1",
-                     f"fewshot.method_dir={src}/configs/methods"]
+                     f"fewshot.method_dir={src}/configs/methods", "fewshot.lr_grid=[]"]
 
     def fewshot(out, n, extra=(), flags=()):
         args = [mpiexec, "-n", str(n), "--oversubscribe", "--allow-run-as-root", exe, "fewshot", cfg]
@@ -58,14 +91,14 @@ def main(exe, src, mpiexec, tmp, suite, pre):
         return
     a = xr.open_dataset(os.path.join(out1, "results.nc"))
     b = xr.open_dataset(os.path.join(out2, "results.nc"))
-    check(dict(a.sizes) == {"method": 10, "task": 2, "shots": 2, "seed": 2, "eval_step": 3},
+    check(dict(a.sizes) == {"method": NM, "task": 2, "shots": 2, "seed": 2, "eval_step": 3, "lr_multiplier": 1},
           f"dimensions {dict(a.sizes)}")
     check(list(a.method.values) == METHODS and list(a.task.values) == ["ogham", "runic"],
           "method and task are string coordinates")
     check(list(a.shots.values) == [1, 2] and list(a.seed.values) == [0, 1] and list(a.eval_step.values) == [2, 4, 6],
           "shots, seed and eval_step coordinates")
-    check(a.attrs.get("sweep_status") == "complete" and int(a.attrs.get("entries_done")) == 80 and
-          int(a.attrs.get("entries_total")) == 80, "sweep_status complete, 80 of 80 entries")
+    check(a.attrs.get("sweep_status") == "complete" and int(a.attrs.get("entries_done")) == NE and
+          int(a.attrs.get("entries_total")) == NE, f"sweep_status complete, {NE} of {NE} entries")
     check(a.attrs.get("Conventions") == "CF-1.8" and "git_commit" in a.attrs and "config" in a.attrs and
           a.attrs.get("world_size") == "1" and b.attrs.get("world_size") == "2" and "blas" in a.attrs,
           "provenance attributes (Conventions, git_commit, config, world_size, blas)")
@@ -80,6 +113,17 @@ def main(exe, src, mpiexec, tmp, suite, pre):
     check(int(tp.sel({"method": "mhr_z"})) < int(tp.sel({"method": "mhr"})) < int(tp.sel({"method": "full"})),
           "trainable parameters: mhr_z < mhr < full")
     check(int(tp.sel({"method": "probe"})) == 5 * 32 + 5, "linear probe trains the head only (5 x 32 + 5)")
+    n = {m: int(tp.sel({"method": m})) for m in METHODS}
+    check(n["mosa"] == n["adapter"] and n["mosa_mhr"] == n["mhr"] and n["sparse"] < n["adapter"],
+          f"MoSA trains the adapter's parameters ({n['mosa']} = {n['adapter']}), MoSA x MHR those of MHR "
+          f"({n['mosa_mhr']} = {n['mhr']}), the sparse baseline fewer ({n['sparse']})")
+    check(n["lora"] == n["shared_lora"] == n["mhr_mu"], f"LoRA, shared LoRA and MHR-mu train one LoRA ({n['lora']})")
+    got, want = at_best(a)
+    check(len(got) == NE and np.allclose(got, want, atol=1e-6),
+          "test accuracy at the best validation step = the restored parameters' (the curve's point there)")
+    check(bool(np.all(a.steps_run.values == 6)) and
+          np.allclose(a.lr_multiplier_chosen.values, 1) and np.allclose(a.head_lr.values, 0.01),
+          "no early stop at train.patience 3 within 3 evaluations; no selection: x1, head_lr 0.01")
     ref = a
 
     # kill and resume
@@ -93,19 +137,19 @@ def main(exe, src, mpiexec, tmp, suite, pre):
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     njour = len(glob.glob(jdir + "/*.st"))
-    check(0 < njour < 80, f"killed with {njour} entries journaled")
+    check(0 < njour < NE, f"killed with {njour} entries journaled")
     check(not os.path.exists(os.path.join(out3, "results.nc")), "a killed sweep leaves no results file behind")
     r = run(fewshot(out3, 2))
     import re
     got = re.search(r"; (\d+) finished", r.stderr)
     nres = int(got.group(1)) if got else -1
     # (ranks may finish an entry or two after the launcher is killed, before they notice)
-    check(r.returncode == 0 and njour <= nres < 80, f"rerun resumes from the journal ({nres} entries finished)")
+    check(r.returncode == 0 and njour <= nres < NE, f"rerun resumes from the journal ({nres} entries finished)")
     c = xr.open_dataset(os.path.join(out3, "results.nc"))
     check(all(np.array_equal(ref[v].values, c[v].values, equal_nan=True) for v in VARS),
           "resumed sweep equals the uninterrupted one")
     r = run(fewshot(out3, 2))
-    check(r.returncode == 0 and "80 finished" in r.stderr and "0 entries run" in r.stderr,
+    check(r.returncode == 0 and f"{NE} finished" in r.stderr and "0 entries run" in r.stderr,
           "a finished sweep reruns nothing")
 
     # corruption and stale entries
@@ -140,8 +184,8 @@ def main(exe, src, mpiexec, tmp, suite, pre):
     d = xr.open_dataset(os.path.join(out4, "results.nc"))
     ndone = int(d.attrs.get("entries_done", -1))
     st = np.nan_to_num(d.status.values, nan=0)
-    check(d.attrs.get("sweep_status") == "partial" and 0 < ndone < 80 and int(st.sum()) == ndone,
-          f"stopped sweep marked partial ({ndone} of 80 done)")
+    check(d.attrs.get("sweep_status") == "partial" and 0 < ndone < NE and int(st.sum()) == ndone,
+          f"stopped sweep marked partial ({ndone} of {NE} done)")
     check(bool(np.all(np.isnan(d.test_accuracy.values[st == 0]))), "entries not run hold fill values")
     check(bool(np.all(np.isfinite(d.test_accuracy.values[st == 1]))), "entries run hold values")
 
@@ -165,6 +209,56 @@ def main(exe, src, mpiexec, tmp, suite, pre):
     r = run(fewshot(os.path.join(tmp, "bad"), 1, [f"fewshot.pretrained={tmp}/nowhere"]))
     check(r.returncode != 0 and "nowhere" in r.stderr and "shared_lora" in r.stderr,
           "missing pre-trained adapters named in the error")
+    r = run(fewshot(os.path.join(tmp, "bad"), 1, ['fewshot.set=["shared_lora:adapter.lora_rank=2"]']))
+    check(r.returncode != 0 and "shared_lora" in r.stderr and "adapter.lora_rank: 4 vs 2" in r.stderr,
+          "pre-trained adapters made by another configuration refused, the differing key named")
+    r = run(fewshot(os.path.join(tmp, "bad"), 1, ["fewshot.lr_grid=[0.5, 2]", "fewshot.lr_tasks=[runic]"]))
+    check(r.returncode != 0 and "'runic' is also a task of the sweep" in r.stderr,
+          "a learning-rate selection task that is a test task is refused")
+
+    # the learning-rate selection, then the test entries at the chosen rates; early stopping
+    out6 = os.path.join(tmp, "r6")
+    grid = [0.5, 2.0]
+    sel = ["fewshot.methods=[probe, lora, mosa_mhr]", "fewshot.tasks=[ogham]", "fewshot.lr_tasks=[runic]",
+           "fewshot.lr_grid=[0.5, 2]", "fewshot.lr_shots=[2]", "fewshot.lr_seeds=[0, 1]", "fewshot.seeds=[0]",
+           "train.steps=12", "train.patience=1"]
+    r = run(fewshot(out6, 2, sel))
+    check(r.returncode == 0 and "learning-rate selection: 3 methods x 2 multipliers x 1 tasks" in r.stderr,
+          "sweep with a learning-rate selection at 2 ranks")
+    if r.returncode:
+        print(r.stderr[-3000:])
+        return
+    f = xr.open_dataset(os.path.join(out6, "results.nc"))
+    jl = glob.glob(os.path.join(out6, "results.nc.entries", "lr__*.st"))
+    check(len(jl) == 3 * 2 * 2 and list(f.lr_multiplier.values) == grid and
+          bool(np.all(f.lr_selection_entries.values == 2)), "12 selection entries journaled, 2 per method and multiplier")
+    mean = {}
+    for p in jl:
+        md = st_metadata(p)
+        name = os.path.basename(p)[4:].split("__")
+        key = (name[0], float(name[4][1:-3]))
+        mean.setdefault(key, []).append(float(md["test_accuracy_at_best_val"]))
+    ok = True
+    for i, m in enumerate(["probe", "lora", "mosa_mhr"]):
+        accs = [np.mean(mean[(m, g)]) for g in grid]
+        ok &= np.allclose(f.lr_selection_accuracy.values[i], accs)
+        best = max(range(2), key=lambda g: (accs[g], -abs(np.log(grid[g])), -grid[g]))
+        ok &= float(f.lr_multiplier_chosen.values[i]) == grid[best]
+        ok &= np.isclose(float(f.head_lr.values[i]), 0.01 * grid[best])
+        ok &= np.isclose(float(f.adapter_lr.values[i]), 3e-3 * grid[best])
+    check(ok, "the file's selection means are the journal's, the chosen multiplier is the best mean (ties: the "
+          f"smaller), the learning rates are base x chosen ({list(f.lr_multiplier_chosen.values)})")
+    sr, bs = f.steps_run.values.ravel(), f.best_val_step.values.ravel()
+    check(bool(np.all(sr == np.minimum(12, bs + 2))) and bool(np.any(sr < 12)),
+          f"train.patience 1: every entry stops one evaluation after its best (steps run {list(sr)})")
+    got, want = at_best(f)
+    check(np.allclose(got, want, atol=1e-6), "early-stopped entries: test accuracy at the best step restored")
+    r = run(fewshot(out6, 1, sel))
+    check(r.returncode == 0 and "12 finished, 0 to run" in r.stderr and "0 entries run" in r.stderr,
+          "a finished selection and sweep rerun nothing")
+    g = xr.open_dataset(os.path.join(out6, "results.nc"))
+    check(all(np.array_equal(f[v].values, g[v].values, equal_nan=True) for v in VARS + ["lr_selection_accuracy"]),
+          "and give the same file at 1 rank")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 /* test_trainer.c: the trainer's own pieces (src/train/): the sampler is independent of the rank count,
  * the augmentation is a reflect-padded crop [+ flip], a training-state
  * checkpoint round trip is exact (also with the block weights in bf16 only, model.precision bf16: the
- * checkpoint holds their fp32 values all the same, and a checkpoint of another backbone is refused), and one step of tsr_train_run equals an AdamW update
- * computed by hand from the model's gradient on the same batch. */
+ * checkpoint holds their fp32 values all the same, and a checkpoint of another backbone is refused), one
+ * step of tsr_train_run equals an AdamW update computed by hand from the model's gradient on the same
+ * batch, and the prototype head initialisation (run.head_init) is the nearest-class-mean classifier of
+ * the training features, computed by hand. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <setjmp.h>
@@ -375,6 +377,146 @@ static void test_one_step_by_hand(void **st) {
     tsr_vit_destroy(&m);
 }
 
+/* The head of a run with a new head and run.head_init (train.steps 0: model.safetensors holds the head as
+ * initialised): prototype gives W_c = 2 mu_c / tau, b_c = -|mu_c|^2 / tau with mu_c the mean final-LayerNorm
+ * feature of class c over the training examples (computed here by hand from the same random backbone) and
+ * tau the mean squared distance between class means; every training example is then classified as its
+ * nearest class mean; a class without examples can never win; zero gives a zero head; auto is prototype
+ * with data.shots > 0 and zero without. */
+static void read_head(const char *dir, float *w, float *b, size_t nw, size_t nb) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    tsr_st_file f;
+    assert_int_equal(tsr_st_open(&f, path), 0);
+    const tsr_st_tensor *hw = tsr_st_find(&f, "head.weight"), *hb = tsr_st_find(&f, "head.bias");
+    assert_non_null(hw);
+    assert_non_null(hb);
+    assert_int_equal(tsr_st_read_f32(&f, hw, w, (int64_t)nw), 0);
+    assert_int_equal(tsr_st_read_f32(&f, hb, b, (int64_t)nb), 0);
+    tsr_st_close(&f);
+}
+
+static void run_head(const char *name, const char *head_init, const char *shots, tsr_config *cfg) {
+    char outset[400], hi[64], sh[64];
+    snprintf(outset, sizeof outset, "run.output_dir=\"%s\"", tpath(name));
+    snprintf(hi, sizeof hi, "run.head_init=%s", head_init);
+    snprintf(sh, sizeof sh, "data.shots=%s", shots);
+    /* 12 classes: two of them never occur in Fashion-MNIST's 10 labels */
+    char *sets[] = {"model.dim=16", "model.depth=1", "model.heads=2", "model.mlp_dim=32", "model.num_classes=12",
+                    "train.steps=0", "train.batch_size=8", "adapt.mode=probe", "data.augment=false", "run.seed=5",
+                    hi, sh, outset};
+    if (tsr_config_load(cfg, NULL, (int)(sizeof sets / sizeof sets[0]), sets) != 0) fail_msg("%s", tsr_last_error());
+    assert_int_equal(tsr_mkdirs(cfg->run.output_dir), 0);
+    tsr_ctx ctx = tsr_ctx_world();
+    ctx.log.level = TSR_LOG_ERROR;
+    tsr_train_opts o = {.fault_nan_step = -1};
+    assert_int_equal(tsr_train_run(&ctx, cfg, "test", &o, NULL), 0);
+}
+
+static void test_prototype_head(void **st) {
+    (void)st;
+    tsr_config cfg;
+    run_head("proto", "prototype", "3", &cfg);
+    enum { K = 12, D = 16 };
+    float w[K * D], b[K];
+    read_head(tpath("proto"), w, b, K * D, K);
+    /* by hand: the same random backbone, every training example's feature */
+    tsr_vit_config vc = {(int)cfg.model.image_size, (int)cfg.model.patch_size, (int)cfg.model.channels, D,
+                         (int)cfg.model.depth, (int)cfg.model.heads, (int)cfg.model.mlp_dim, K, cfg.model.ln_eps};
+    tsr_vit m;
+    assert_int_equal(tsr_vit_create(&m, &vc, 1), 0);
+    tsr_vit_init_random(&m, (uint64_t)cfg.run.seed);
+    tsr_tasks ts;
+    assert_int_equal(tsr_tasks_select(&ts, &cfg, K, 0), 0);
+    int mine[1] = {1};
+    assert_int_equal(tsr_tasks_load(&ts, &cfg, mine, 0), 0);
+    int64_t n = tsr_tasks_count(&ts, TSR_SPLIT_TRAIN, 0);
+    assert_int_equal(n, 30); /* 3 shots x 10 classes */
+    size_t per = (size_t)vc.channels * vc.image_size * vc.image_size;
+    float *x = malloc(sizeof(float) * per), *feat = malloc(sizeof(float) * (size_t)n * D);
+    int *y = malloc(sizeof(int) * (size_t)n);
+    double mu[K][D] = {{0}}, cnt[K] = {0};
+    for (int64_t i = 0; i < n; i++) {
+        assert_int_equal(tsr_tasks_get(&ts, TSR_SPLIT_TRAIN, 0, i, x, &y[i]), 0);
+        tsr_vit_forward(&m, x, NULL, 1);
+        memcpy(feat + i * D, m.acts.lnf, sizeof(float) * D);
+        for (int j = 0; j < D; j++) mu[y[i]][j] += m.acts.lnf[j];
+        cnt[y[i]] += 1;
+    }
+    double tau = 0, pairs = 0;
+    for (int c = 0; c < K; c++)
+        for (int j = 0; j < D && cnt[c] > 0; j++) mu[c][j] /= cnt[c];
+    for (int a = 0; a < K; a++)
+        for (int c = a + 1; c < K; c++) {
+            if (!cnt[a] || !cnt[c]) continue;
+            for (int j = 0; j < D; j++) tau += (mu[a][j] - mu[c][j]) * (mu[a][j] - mu[c][j]);
+            pairs++;
+        }
+    tau /= pairs;
+    double worst = 0, scale = 0;
+    for (int c = 0; c < K; c++) {
+        if (!cnt[c]) {
+            for (int j = 0; j < D; j++) assert_true(w[c * D + j] == 0.0f); /* absent class: no weights */
+            continue;
+        }
+        double n2 = 0;
+        for (int j = 0; j < D; j++) {
+            worst = fmax(worst, fabs(w[c * D + j] - 2 * mu[c][j] / tau));
+            scale = fmax(scale, fabs(2 * mu[c][j] / tau));
+            n2 += mu[c][j] * mu[c][j];
+        }
+        worst = fmax(worst, fabs(b[c] + n2 / tau));
+        scale = fmax(scale, n2 / tau);
+    }
+    print_message("  prototype head: tau %.4g, max |trainer - hand| %.3g (values up to %.3g)\n", tau, worst, scale);
+    assert_true(worst <= 1e-4 * scale);
+    /* the head is the nearest-class-mean classifier: on every training example the argmax of its logits is
+     * the class whose mean is nearest (and never an absent class) */
+    int agree = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const float *f = feat + i * D;
+        int best = -1, near = -1;
+        double bl = -INFINITY, bd = INFINITY;
+        for (int c = 0; c < K; c++) {
+            double l = b[c], d2 = 0;
+            for (int j = 0; j < D; j++) l += (double)w[c * D + j] * f[j];
+            if (l > bl) bl = l, best = c;
+            if (!cnt[c]) continue;
+            for (int j = 0; j < D; j++) d2 += (f[j] - mu[c][j]) * (f[j] - mu[c][j]);
+            if (d2 < bd) bd = d2, near = c;
+        }
+        agree += best == near;
+        assert_true(cnt[best] > 0);
+    }
+    print_message("  nearest class mean = argmax of the head on %d of %lld training examples\n", agree, (long long)n);
+    assert_int_equal(agree, n);
+    free(x);
+    free(feat);
+    free(y);
+    tsr_tasks_free(&ts);
+    tsr_vit_destroy(&m);
+
+    /* zero, and auto without shots: a zero head; auto with shots: the prototype head */
+    float w2[K * D], b2[K];
+    const char *cases[][3] = {{"zero", "zero", "3"}, {"auto0", "auto", "0"}, {"auto3", "auto", "3"}};
+    for (int c = 0; c < 3; c++) {
+        tsr_config c2;
+        run_head(cases[c][0], cases[c][1], cases[c][2], &c2);
+        read_head(tpath(cases[c][0]), w2, b2, K * D, K);
+        if (c < 2) {
+            for (int i = 0; i < K * D; i++) assert_true(w2[i] == 0.0f);
+            for (int i = 0; i < K; i++) assert_true(b2[i] == 0.0f);
+        } else {
+            assert_memory_equal(w2, w, sizeof w);
+            assert_memory_equal(b2, b, sizeof b);
+        }
+    }
+    /* a prototype head replaces run.init's classifier: refused without run.reset_head */
+    char *bad[] = {"run.head_init=prototype", "run.init=\"x.safetensors\""};
+    assert_int_equal(tsr_config_load(&cfg, NULL, 2, bad), -1);
+    expect_error("run.head_init", "run.reset_head", NULL);
+}
+
 int main(void) {
     tsr_log_level = TSR_LOG_ERROR;
     const struct CMUnitTest tests[] = {
@@ -384,6 +526,7 @@ int main(void) {
         cmocka_unit_test(test_state_round_trip),
         cmocka_unit_test(test_state_bf16),
         cmocka_unit_test(test_one_step_by_hand),
+        cmocka_unit_test(test_prototype_head),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }

@@ -115,6 +115,10 @@ static int blis_probe(const char *arch, char *kernel, int len, double *err) {
 }
 #endif
 
+#if defined(TSR_HAVE_ONEDNN) && !defined(TSR_F64)
+static double check_sgemm_onednn(void);
+#endif
+
 int tsr_blas_init(char *note, int len) {
     note[0] = 0;
     tsr_cpu_detect(&g_cpu);
@@ -188,6 +192,24 @@ int tsr_blas_init(char *note, int len) {
     tsr_cpu_describe(&g_cpu, cpu, sizeof cpu);
     snprintf(note, (size_t)len, "cpu: %s; %s picked '%s'; tessera: %s (%s)", cpu, blas_name(), g_detected,
              g_choice.kernel[0] ? g_choice.kernel : "kept it", g_choice.reason);
+#ifndef TSR_F64
+    char gwhy[200];
+#ifdef TSR_HAVE_ONEDNN
+    int g = tsr_gemm_choose(&g_cpu, 1, getenv("TESSERA_GEMM"), gwhy, sizeof gwhy);
+#else
+    int g = tsr_gemm_choose(&g_cpu, 0, getenv("TESSERA_GEMM"), gwhy, sizeof gwhy);
+#endif
+    if (g < 0) return tsr_error("%s", gwhy);
+#ifdef TSR_HAVE_ONEDNN
+    tsr_gemm_onednn = g;
+    if (g && check_sgemm_onednn() > 1e-9) {
+        tsr_gemm_onednn = 0;
+        snprintf(gwhy, sizeof gwhy, "oneDNN's sgemm failed the self-check: the BLAS kept");
+    }
+#endif
+    size_t nl = strlen(note);
+    snprintf(note + nl, (size_t)len - nl, "; float products: %s (%s)", g ? "oneDNN sgemm" : blas_name(), gwhy);
+#endif
     double final_err = check_gemm();
     if (final_err > 1e-9)
         return tsr_error("BLAS self-check failed: sgemm/dgemm differ from a naive loop by %g on exact "
@@ -210,6 +232,32 @@ int tsr_blas_slow_kernel(char *msg, int len) {
 
 #if defined(TSR_HAVE_ONEDNN) && !defined(TSR_F64)
 #include <oneapi/dnnl/dnnl.h>
+int tsr_gemm_onednn = 0;
+/* oneDNN's sgemm against a naive loop on small integer-valued matrices (every sum exact), each transpose */
+static double check_sgemm_onednn(void) {
+    enum { M = 7, N = 5, K = 9 };
+    float A[M * K], B[K * N], C[M * N];
+    for (int i = 0; i < M * K; i++) A[i] = (float)(i % 5 - 2);
+    for (int i = 0; i < K * N; i++) B[i] = (float)(i % 3 - 1);
+    double err = 0;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            /* op(A) (M, K), op(B) (K, N) from the same storage read as A^T / B^T */
+            tsr_sgemm_seq(ta, tb, M, N, K, 1, A, ta ? M : K, B, tb ? K : N, 0, C, N);
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++) {
+                    double s = 0;
+                    for (int k = 0; k < K; k++)
+                        s += (double)(ta ? A[k * M + i] : A[i * K + k]) * (tb ? B[j * K + k] : B[k * N + j]);
+                    err = fmax(err, fabs(s - C[i * N + j]));
+                }
+        }
+    return err;
+}
+void tsr_sgemm_onednn(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                      const float *B, int ldb, float beta, float *C, int ldc) {
+    tsr_sgemm_seq(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
 void tsr_sgemm_seq(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
                    const float *B, int ldb, float beta, float *C, int ldc) {
     /* dnnl_sgemm takes row-major matrices; it only fails on invalid arguments, which our callers fix */

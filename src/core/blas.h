@@ -14,6 +14,14 @@ void cblas_dgemm(int order, int transA, int transB, const int M, const int N, co
                  const double alpha, const double *A, const int lda, const double *B, const int ldb,
                  const double beta, double *C, const int ldc);
 
+#if defined(TSR_HAVE_ONEDNN) && !defined(TSR_F64)
+/* 1: the float products of tsr_gemm go to oneDNN's sgemm instead of the BLAS (experiment:
+ * TESSERA_GEMM=onednn, read by tsr_blas_init). */
+extern int tsr_gemm_onednn;
+void tsr_sgemm_onednn(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+                      const float *B, int ldb, float beta, float *C, int ldc);
+#endif
+
 /* C(M,N) = alpha * op(A) op(B) + beta * C, row-major, in `real` precision. */
 static inline void tsr_gemm(int transA, int transB, int M, int N, int K, real alpha, const real *A,
                             int lda, const real *B, int ldb, real beta, real *C, int ldc) {
@@ -22,6 +30,12 @@ static inline void tsr_gemm(int transA, int transB, int M, int N, int K, real al
                 transB ? TSR_CBLAS_TRANS : TSR_CBLAS_NO_TRANS,
                 M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 #else
+#ifdef TSR_HAVE_ONEDNN
+    if (tsr_gemm_onednn) {
+        tsr_sgemm_onednn(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+#endif
     cblas_sgemm(TSR_CBLAS_ROW_MAJOR, transA ? TSR_CBLAS_TRANS : TSR_CBLAS_NO_TRANS,
                 transB ? TSR_CBLAS_TRANS : TSR_CBLAS_NO_TRANS,
                 M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);

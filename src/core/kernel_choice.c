@@ -92,3 +92,33 @@ void tsr_kernel_choose(const tsr_cpu_features *cpu, const tsr_kernel_inputs *in,
              "OpenBLAS picked '%s' (no AVX-512 kernels) on an AVX-512 CPU: 'SkylakeX' selected "
              "(OPENBLAS_CORETYPE set by the user keeps another choice)", det);
 }
+
+int tsr_gemm_choose(const tsr_cpu_features *cpu, int have_onednn, const char *user, char *why, int len) {
+    if (user && strcmp(user, "blas") == 0) {
+        snprintf(why, (size_t)len, "TESSERA_GEMM=blas");
+        return 0;
+    }
+    if (user && strcmp(user, "onednn") == 0) {
+        if (have_onednn) {
+            snprintf(why, (size_t)len, "TESSERA_GEMM=onednn");
+            return 1;
+        }
+        snprintf(why, (size_t)len, "TESSERA_GEMM=onednn, but this build has no oneDNN (install libdnnl-dev and "
+                 "rebuild, or use TESSERA_GEMM=blas|auto)");
+        return -1;
+    }
+    if (user && user[0] && strcmp(user, "auto") != 0) {
+        snprintf(why, (size_t)len, "TESSERA_GEMM='%.40s': expected blas, onednn or auto", user);
+        return -1;
+    }
+    if (!have_onednn) {
+        snprintf(why, (size_t)len, "auto: this build has no oneDNN");
+        return 0;
+    }
+    if (!cpu->avx2 || !cpu->fma) {
+        snprintf(why, (size_t)len, "auto: the CPU has no AVX2 + FMA, where oneDNN's sgemm has no JIT kernel");
+        return 0;
+    }
+    snprintf(why, (size_t)len, "auto: oneDNN JITs its kernels for this CPU (%s)", tsr_cpu_has_avx512(cpu) ? "AVX-512" : "AVX2");
+    return 1;
+}

@@ -28,4 +28,11 @@ typedef struct {
 int tsr_kernel_is_avx512(tsr_blas_lib lib, const char *kernel);
 /* The decision (table in docs/ARCHITECTURE.md, "BLAS"). */
 void tsr_kernel_choose(const tsr_cpu_features *cpu, const tsr_kernel_inputs *in, tsr_kernel_choice *out);
+
+/* Which library runs the float matrix products of the model (tsr_gemm): the BLAS above, or oneDNN's
+ * sgemm (JIT kernels for the CPU it runs on: AVX2, AVX-512, AMX). user: getenv("TESSERA_GEMM"),
+ * "blas" | "onednn" | "auto" (NULL or "" = auto). auto: oneDNN when the build has it and the CPU has AVX2
+ * and FMA, else the BLAS (measured on Zen 5: oneDNN 1.10-1.35x BLIS skx on every benchmark workload).
+ * 1 = oneDNN, 0 = the BLAS, -1 = an unknown value or "onednn" without oneDNN. why: one sentence. */
+int tsr_gemm_choose(const tsr_cpu_features *cpu, int have_onednn, const char *user, char *why, int len);
 #endif

@@ -178,6 +178,29 @@ static void test_detection_matches_cpuinfo(void **state) {
     print_message("detected: %s\n", d);
 }
 
+/* the float products' library: the user's choice wins (an unknown one or oneDNN without oneDNN is an error);
+ * auto takes oneDNN where it is built and the CPU has AVX2 + FMA */
+static void test_gemm_choice(void **state) {
+    (void)state;
+    char why[200];
+    tsr_cpu_features z5 = amd_zen5(), i5 = intel_avx512(), a2 = avx2_only(), none = {0};
+    assert_int_equal(tsr_gemm_choose(&z5, 1, NULL, why, sizeof why), 1);
+    assert_non_null(strstr(why, "AVX-512"));
+    assert_int_equal(tsr_gemm_choose(&i5, 1, "auto", why, sizeof why), 1);
+    assert_int_equal(tsr_gemm_choose(&a2, 1, "", why, sizeof why), 1);
+    assert_non_null(strstr(why, "AVX2"));
+    assert_int_equal(tsr_gemm_choose(&none, 1, NULL, why, sizeof why), 0);
+    assert_non_null(strstr(why, "no AVX2"));
+    assert_int_equal(tsr_gemm_choose(&z5, 0, NULL, why, sizeof why), 0);
+    assert_non_null(strstr(why, "no oneDNN"));
+    assert_int_equal(tsr_gemm_choose(&z5, 1, "blas", why, sizeof why), 0);
+    assert_int_equal(tsr_gemm_choose(&none, 1, "onednn", why, sizeof why), 1);
+    assert_int_equal(tsr_gemm_choose(&z5, 0, "onednn", why, sizeof why), -1);
+    assert_non_null(strstr(why, "libdnnl-dev"));
+    assert_int_equal(tsr_gemm_choose(&z5, 1, "mkl", why, sizeof why), -1);
+    assert_non_null(strstr(why, "'mkl'"));
+}
+
 static void test_fma_loop(void **state) {
     (void)state;
     tsr_cpu_features f;
@@ -193,6 +216,6 @@ static void test_fma_loop(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_blis_selects_avx512), cmocka_unit_test(test_blis_keeps),
                                        cmocka_unit_test(test_openblas), cmocka_unit_test(test_detection_matches_cpuinfo),
-                                       cmocka_unit_test(test_fma_loop)};
+                                       cmocka_unit_test(test_fma_loop), cmocka_unit_test(test_gemm_choice)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -27,7 +27,7 @@ OUT=${QUICK_RUNS:-runs}
 
 stage "2/7 glyph suite v2"
 # a data/glyphs.nc of an older suite (no glyph_suite_version "2") is rebuilt
-if [ -f data/glyphs.nc ] && ncdump -h data/glyphs.nc 2>/dev/null | grep -q 'glyph_suite_version = "2"'; then
+if [ -f data/glyphs.nc ] && ncdump -h data/glyphs.nc 2>/dev/null | grep 'glyph_suite_version = "2"' > /dev/null; then
   echo "quickstart: data/glyphs.nc is the glyph suite v2"
 else
   ./build/tessera prepare glyphs --roles configs/glyphs.yaml --out data/glyphs.nc

@@ -398,34 +398,50 @@ def figure_training_curves(sweep, out_dir, colors, shot_indices):
 
 
 def figure_alignment_cosine(al, out_dir):
+    """One heatmap of task-gradient cosines per method, readable at a glance whatever the task count:
+    panels at most 5.5 in square (the figure at most about 2000 px wide), the diagonal (always 1) masked
+    so that the colour scale spans the off-diagonal values (symmetric, at the largest |cosine| over all
+    methods, the same for every panel), task names only where they fit (every k-th one otherwise)."""
     n = len(al.methods)
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
     n_t = len(al.tasks)
-    size = max(3.5, 1.5 + 0.3 * n_t)
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 1.0, size * rows), squeeze=False,
+    size = min(5.5, max(3.5, 1.5 + 0.3 * n_t))
+    off = np.array(al.cosine, dtype=float, copy=True)
+    for idx in range(n):
+        np.fill_diagonal(off[idx], np.nan)
+    finite = np.abs(off[np.isfinite(off)])
+    vmax = float(finite.max()) if finite.size else 1.0
+    vmax = max(vmax, 1e-3)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 1.2, size * rows + 0.4), squeeze=False,
                              layout="constrained")
     im = None
+    max_labels = 24
+    step = max(1, int(np.ceil(n_t / max_labels)))
     for idx in range(rows * cols):
         ax = axes[idx // cols][idx % cols]
         if idx >= n:
             ax.axis("off")
             continue
-        im = ax.imshow(al.cosine[idx], cmap="RdBu_r", vmin=-1.0, vmax=1.0)
-        ax.set_title(al.methods[idx], fontsize=10)
+        im = ax.imshow(off[idx], cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+        ax.set_title(al.methods[idx], fontsize=11)
         if n_t <= 12:
             for s in range(n_t):
                 for t in range(n_t):
-                    c = al.cosine[idx, s, t]
+                    c = off[idx, s, t]
                     if np.isfinite(c):
                         ax.text(t, s, f"{c:.2f}", ha="center", va="center", fontsize=7,
-                                color="white" if abs(c) > 0.6 else "black")
-        ax.set_xticks(range(n_t))
-        ax.set_yticks(range(n_t))
-        fs = 6 if n_t > 20 else 8
-        ax.set_xticklabels(al.tasks, rotation=90, fontsize=fs)
-        ax.set_yticklabels(al.tasks, fontsize=fs)
-    fig.colorbar(im, ax=axes.ravel().tolist(), label="gradient cosine similarity", shrink=0.8)
+                                color="white" if abs(c) > 0.6 * vmax else "black")
+        ticks = list(range(0, n_t, step))
+        ax.set_xticks(ticks)
+        ax.set_yticks(ticks)
+        fs = 8 if n_t <= 12 else 6
+        ax.set_xticklabels([al.tasks[i] for i in ticks], rotation=90, fontsize=fs)
+        ax.set_yticklabels([al.tasks[i] for i in ticks], fontsize=fs)
+    label = "gradient cosine similarity (diagonal masked)"
+    if step > 1:
+        label += f"; one task name in {step}"
+    fig.colorbar(im, ax=axes.ravel().tolist(), label=label, shrink=0.8)
     return save(fig, out_dir, "alignment_cosine.png")
 
 

@@ -157,6 +157,22 @@ def main():
               "alignment file: cosine heatmaps and mean alignment / spectrum figures referenced")
         check("| mhr |" in text.split("## Task gradient alignment")[1], "alignment table lists the methods")
 
+        # --- 68 tasks (the study's training scripts): the alignment heatmaps stay readable -------------
+        many = make("many", "--tasks", ",".join(f"script-{i:02d}" for i in range(68)), "--methods", "lora,poly,mhr")
+        out_many = os.path.join(tmp, "report_many")
+        r = run([report, os.path.join(many, "results.nc"), "--alignment", os.path.join(many, "alignment.nc"),
+                 "--out", out_many])
+        check(r.returncode == 0, f"report on 68 tasks exits 0 ({r.stderr.strip()[-500:]})")
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.image as mpimg
+        png = os.path.join(out_many, "alignment_cosine.png")
+        if os.path.isfile(png):
+            h, w = mpimg.imread(png).shape[:2]
+            check(w <= 2400 and h <= 2400, f"alignment heatmaps of 68 tasks fit 2400 px ({w} x {h}; v1 was 7336 x 2409)")
+        else:
+            check(False, "alignment_cosine.png written for 68 tasks")
+
         # The CI of one cell against numpy + the t table, from the file read with plain netCDF4.
         with open(summary_json, encoding="utf-8") as f:
             summary = json.load(f)

@@ -3,7 +3,7 @@
  *   tessera prepare fashion-mnist [--src DIR] [--out FILE]
  *   tessera prepare glyphs [--out FILE] [--roles CONFIG] [--counts ROLE=TRAIN,VAL,TEST ...] [--fonts DIRS]
  *                          [--size N] [--classes N] [--min-classes N] [--examples N] [--val N] [--test N]
- *                          [--seed N] [--no-jitter] [--no-elastic] [--scripts a,b,...]
+ *                          [--seed N] [--no-jitter] [--no-elastic] [--plain-test] [--scripts a,b,...]
  *   tessera prepare folder SRC OUT --size N [--channels 1|3] [--resize crop|squash] --task NAME
  * Each prints sizes, task and class counts; the file is written atomically. */
 #define _POSIX_C_SOURCE 200809L
@@ -24,10 +24,11 @@ static void prepare_usage(FILE *f) {
                "  tessera prepare fashion-mnist [--src DIR] [--out FILE]   (default: Debian's dataset-fashion-mnist -> data/fashion-mnist.nc)\n"
                "  tessera prepare glyphs [--out FILE] [--roles CONFIG] [--counts ROLE=TRAIN,VAL,TEST ...] [--fonts DIRS]\n"
                "                         [--size N] [--classes N] [--min-classes N] [--examples N] [--val N] [--test N]\n"
-               "                         [--seed N] [--no-jitter] [--no-elastic] [--scripts a,b,...]\n"
+               "                         [--seed N] [--no-jitter] [--no-elastic] [--plain-test] [--scripts a,b,...]\n"
                "                         (default: data/glyphs.nc, one task per writing system, docs/GLYPHS.md; the suite v2\n"
                "                         of the study: --roles configs/glyphs.yaml, renderings per class by role:\n"
-               "                         source 100,10,10  train 40,5,5  val 20,5,10  heldout 20,5,10 (plain test);\n"
+               "                         source 100,10,10  train 40,5,5  val 20,5,10  heldout 20,5,10 (every split augmented;\n"
+               "                         --plain-test: clean val and heldout test renderings, fonts in turn);\n"
                "                         scripts in no role, or all without --roles: --examples 20 --val 3 --test 5)\n"
                "  tessera prepare folder SRC OUT --size N [--channels 1|3] [--resize crop|squash] --task NAME\n"
                "                         (SRC: a folder of class folders of PNG/JPEG files, or a list file; docs/VTAB.md)\n");
@@ -174,6 +175,7 @@ int tsr_cmd_prepare(int argc, char **argv) {
             else if (strcmp(a, "--seed") == 0 && v) bad = int_arg(a, argv[++i], 0, 2147483647, &seed);
             else if (strcmp(a, "--no-jitter") == 0) o.jitter = 0;
             else if (strcmp(a, "--no-elastic") == 0) o.elastic = 0;
+            else if (strcmp(a, "--plain-test") == 0) o.counts[TSR_GLYPH_VAL].plain_test = o.counts[TSR_GLYPH_HELDOUT].plain_test = 1;
             else if (strcmp(a, "--scripts") == 0 && v) {
                 free(scripts_buf);
                 scripts_buf = strdup(argv[++i]);

@@ -263,8 +263,10 @@ void tsr_glyph_opts_init(tsr_glyph_opts *o) {
     o->elastic = 1;
     o->counts[TSR_GLYPH_SOURCE] = (tsr_glyph_counts){100, 10, 10, 0};
     o->counts[TSR_GLYPH_TRAIN] = (tsr_glyph_counts){40, 5, 5, 0};
-    o->counts[TSR_GLYPH_VAL] = (tsr_glyph_counts){20, 5, 10, 1};
-    o->counts[TSR_GLYPH_HELDOUT] = (tsr_glyph_counts){20, 5, 10, 1};
+    /* test renderings augmented like the others (fixed by the suite's seed, the same for every few-shot
+     * seed): plain ones would be one image per class and font, 20 distinct images for a one-font task */
+    o->counts[TSR_GLYPH_VAL] = (tsr_glyph_counts){20, 5, 10, 0};
+    o->counts[TSR_GLYPH_HELDOUT] = (tsr_glyph_counts){20, 5, 10, 0};
 }
 
 static const char *const ROLE_NAMES[TSR_GLYPH_NROLES] = {"none", "source", "train", "val", "heldout"};
@@ -1230,7 +1232,7 @@ int tsr_glyphs_build(const tsr_glyph_opts *o, const char *out_path) {
         const char *keys[] = {"glyph_suite_version", "glyph_seed", "glyph_options", "glyph_roles", "glyph_counts",
                               "glyph_split", "glyph_augmentation", "glyph_font_dir", "glyph_fonts",
                               "glyph_task_fonts", "glyph_dropped", "glyph_packages", "freetype_version"};
-        const char *vals[] = {"2", sb_str(&seed_s), sb_str(&opts_s), sb_str(&roles_s), sb_str(&counts_s),
+        const char *vals[] = {"2.1", sb_str(&seed_s), sb_str(&opts_s), sb_str(&roles_s), sb_str(&counts_s),
                               sb_str(&split_s), sb_str(&aug_s), dirs, sb_str(&fonts), sb_str(&task_fonts),
                               sb_str(&dropped), sb_str(&pkgs), sb_str(&ft_s)};
         tsr_suite_prov prov = {

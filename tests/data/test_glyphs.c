@@ -566,8 +566,9 @@ static void test_role_defaults(void **state) {
     (void)state;
     tsr_glyph_opts o;
     tsr_glyph_opts_init(&o);
-    /* the documented defaults: source 100/10/10, train 40/5/5, val and heldout 20/5/10, plain tests */
-    const int want[TSR_GLYPH_NROLES][4] = {{0}, {100, 10, 10, 0}, {40, 5, 5, 0}, {20, 5, 10, 1}, {20, 5, 10, 1}};
+    /* the documented defaults: source 100/10/10, train 40/5/5, val and heldout 20/5/10, every split
+     * augmented (--plain-test: plain test renderings for val and heldout) */
+    const int want[TSR_GLYPH_NROLES][4] = {{0}, {100, 10, 10, 0}, {40, 5, 5, 0}, {20, 5, 10, 0}, {20, 5, 10, 0}};
     for (int r = 1; r < TSR_GLYPH_NROLES; r++) {
         assert_int_equal(o.counts[r].train, want[r][0]);
         assert_int_equal(o.counts[r].val, want[r][1]);
@@ -673,7 +674,7 @@ static void test_roles_file(void **state) {
     assert_int_equal(pos, n1);
     char buf[4096];
     assert_int_equal(tsr_suite_attr(&s1, "glyph_suite_version", buf, sizeof buf), 1);
-    assert_string_equal(buf, "2");
+    assert_string_equal(buf, "2.1");
     assert_int_equal(tsr_suite_attr(&s1, "glyph_counts", buf, sizeof buf), 1);
     assert_non_null(strstr(buf, "source (1 tasks): 6 train, 2 val, 3 test renderings per class; every split augmented"));
     assert_non_null(strstr(buf, "train (1 tasks): 4 train, 1 val, 1 test"));

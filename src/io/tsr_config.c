@@ -85,6 +85,9 @@ const cfg_field tsr_config_schema[] = {
     F("train.patience", CFG_INT, train.patience, 0, 1e9, NULL, "0",
       "runs that evaluate a validation split (tessera fewshot entries): stop after this many evaluations without a "
       "better validation accuracy (0 = never stop early)"),
+    F("train.test_every_eval", CFG_BOOL, train.test_every_eval, 1, 0, NULL, "true",
+      "runs that evaluate a validation split: evaluate the test split at every evaluation (false: only at a new best "
+      "validation accuracy and at the end, which is all test_accuracy_at_best_val needs)"),
     /* adapt */
     F("adapt.mode", CFG_ENUM, adapt.mode, 1, 0, "adapters|probe|full", "\"adapters\"",
       "tessera adapt trains: adapters (and the head; backbone frozen) | probe (head only) | full (everything)"),

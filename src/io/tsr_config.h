@@ -58,6 +58,8 @@ typedef struct {
         char sync[CFG_STR_MAX]; /* "sharded" | "allreduce": how ranks synchronise the optimizer */
         long patience;       /* with a validation split: stop after this many evaluations without a better
                                 validation accuracy (0 = off) */
+        int test_every_eval; /* with a validation split: the test split at every evaluation (else only at a
+                                new best validation accuracy and at the end) */
     } train;
     struct {
         char mode[CFG_STR_MAX];      /* "adapters" | "probe" | "full": what `tessera adapt` trains */

@@ -684,7 +684,12 @@ static int eval_point(tsr_trainer *T, long step, int last, double *acc, tsr_trai
     }
     int final = last || T->stop_early;
     int64_t lim = final ? (cfg->train.eval_limit > 0 ? cfg->train.eval_limit : 0) : 1000;
-    *acc = tsr_evaluate(T->comm, &T->m, ad, T->mop, &T->ts, TSR_SPLIT_TEST, T->eval_mine, lim, T->per_task, &fail);
+    /* train.test_every_eval false: the test split only where test_at_best_val or the final figure needs it
+     * (every rank takes the same branch: vacc and `better` are the same on every rank) */
+    int skip_test = res && isfinite(vacc) && !cfg->train.test_every_eval && !better && !final;
+    *acc = skip_test ? NAN
+                     : tsr_evaluate(T->comm, &T->m, ad, T->mop, &T->ts, TSR_SPLIT_TEST, T->eval_mine, lim, T->per_task,
+                                    &fail);
     if (tsr_dist_fail_together(T->comm, fail, &T->ctx->log)) return -1;
     INFO(T, "eval  %6ld  mean test accuracy over %d tasks %.4f (%s)%s", step + 1, T->ntasks, *acc,
          final && cfg->train.eval_limit == 0 ? "full test set" : "first test images",

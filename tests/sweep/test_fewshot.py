@@ -260,6 +260,33 @@ def main(exe, src, mpiexec, tmp, suite, pre):
     check(all(np.array_equal(f[v].values, g[v].values, equal_nan=True) for v in VARS + ["lr_selection_accuracy"]),
           "and give the same file at 1 rank")
 
+    # train.test_every_eval false: the test split only at a new best validation accuracy and at the end;
+    # every figure of the protocol unchanged
+    # (no early stopping, so that evaluations after a best that are not the last exist)
+    out7, out8 = os.path.join(tmp, "r7"), os.path.join(tmp, "r8")
+    r = run(fewshot(out7, 2, sel + ["train.patience=0", "train.test_every_eval=false"]))
+    r8 = run(fewshot(out8, 2, sel + ["train.patience=0"]))
+    check(r.returncode == 0 and r8.returncode == 0, "sweeps with train.test_every_eval false and true")
+    if r.returncode or r8.returncode:
+        print(r.stderr[-3000:], r8.stderr[-3000:])
+        return
+    f = xr.open_dataset(os.path.join(out8, "results.nc"))
+    h = xr.open_dataset(os.path.join(out7, "results.nc"))
+    same = [v for v in VARS + ["lr_selection_accuracy"] if v != "test_accuracy_curve"
+            and np.array_equal(f[v].values, h[v].values, equal_nan=True)]
+    check(len(same) == len(VARS), f"test_every_eval=false: every other figure identical ({same})")
+    fc, hc, vc = f.test_accuracy_curve.values, h.test_accuracy_curve.values, h.val_accuracy.values
+    ok, nskip = True, 0
+    for idx in np.ndindex(h.status.shape):
+        best, n = -1.0, int(np.sum(np.isfinite(vc[idx])))
+        for k in range(n):
+            new = vc[idx + (k,)] > best
+            best = max(best, vc[idx + (k,)])
+            want = fc[idx + (k,)] if new or k == n - 1 else np.nan
+            nskip += not (new or k == n - 1)
+            ok &= np.array_equal(hc[idx + (k,)], want, equal_nan=True)
+    check(ok and nskip > 0, f"the test curve holds values exactly at new bests and at the end ({nskip} skipped)")
+
 
 if __name__ == "__main__":
     main_wrapper(main, "tsr_fewshot_")

@@ -211,7 +211,17 @@ int tsr_analyze_run(const tsr_ctx *ctx, const tsr_config *cfg, const char *cfg_t
         snprintf(own[2], sizeof own[2], "adapter.fewshot=none");
         snprintf(own[3], sizeof own[3], "run.reset_head=false");
         for (int j = 0; j < 4; j++) all[n++] = own[j];
-        if (tsr_dist_fail_together(comm, tsr_config_load(mc, cfg_path, n, all) != 0, &ctx->log)) goto out;
+        /* the method's own configuration (fewshot.method_dir/<name>.yaml) describes the adapter that
+         * adapter.init holds; the analysis configuration, read after it, sets data, model and run */
+        char mf[1200];
+        snprintf(mf, sizeof mf, "%s/%s.yaml", cfg->fewshot.method_dir, name);
+        const char *paths[2] = {mf, cfg_path};
+        int own_file = access(mf, R_OK) == 0;
+        if (!own_file)
+            tsr_logf(&ctx->log, TSR_LOG_WARN, "analyze: no %s; method '%s' runs with the adapter keys of %s", mf, name,
+                     cfg_path);
+        int lc = own_file ? tsr_config_load_files(mc, paths, 2, n, all) : tsr_config_load(mc, cfg_path, n, all);
+        if (tsr_dist_fail_together(comm, lc != 0, &ctx->log)) goto out;
         double t0 = tsr_time();
         tsr_train_opts o = {.quiet = 1, .grad_examples = cfg->analyze.examples, .fault_nan_step = -1};
         tsr_train_result r;

@@ -676,6 +676,24 @@ def build_report(sweep, alignment, out_dir, title, primary="test_accuracy"):
         lines += ["None of the compared pairs (" + ", ".join(f"{a} vs {b}" for a, b in PAIRS) +
                   ") has both methods in this sweep.", ""]
 
+    gap_rows = [paired(sweep, m, "probe", primary) for m in sweep.methods if m != "probe"] \
+        if "probe" in sweep.methods else []
+    if gap_rows:
+        lines += ["## Gap to the linear probe", "",
+                  f"Each method's `{primary}` minus the linear probe's on the same (task, shots, seed) entries: mean "
+                  f"[{ci} interval] over the {'seeds' if sweep.single_task else 'tasks'}; bold where the interval "
+                  "excludes 0. The probe trains the head alone on the frozen backbone, so the gap is what training "
+                  "anything else adds.", ""]
+        rows = []
+        for r in gap_rows:
+            cells = [r[0]["a"]]
+            for c in r:
+                txt = f"{fmt(c['mean_diff'], 3, True)} {fmt_interval(c['ci_low'], c['ci_high'], 3, True)}"
+                excl = not math.isnan(c["ci_low"]) and (c["ci_low"] > 0 or c["ci_high"] < 0)
+                cells.append(f"**{txt}**" if excl else txt)
+            rows.append(cells)
+        lines += [table(["method − probe"] + [shots_label(s) for s in sweep.shots], rows), ""]
+
     if len(sweep.shots) <= 4:
         shot_indices = list(range(len(sweep.shots)))
         which = "each shot count"
@@ -703,6 +721,7 @@ def build_report(sweep, alignment, out_dir, title, primary="test_accuracy"):
                     for metric, summ in summaries.items()},
         "paired_metric": primary,
         "paired": [r for rows in pair_rows for r in rows],
+        "gap_to_probe": [r for rows in gap_rows for r in rows],
     }
     return "\n".join(lines).rstrip() + "\n", json_doc
 

@@ -199,6 +199,28 @@ def main():
               and abs(row[0]["ci_high"] - p_high) < 1e-9 and row[0]["n"] == p_n
               and abs(row[0]["win_rate"] - win) < 1e-12, "paired mhr vs lora (1 shot) matches numpy")
 
+        check("## Gap to the linear probe" not in text and summary["gap_to_probe"] == [],
+              "no probe in the sweep: no gap-to-probe section")
+
+        # The gap to the linear probe: every other method minus the probe, paired, with its interval.
+        gp = make("gap", "--methods", "lora,mhr,probe")
+        gjson = os.path.join(tmp, "gap.json")
+        r = run([report, os.path.join(gp, "results.nc"), "--out", os.path.join(tmp, "report_gap"), "--json", gjson])
+        check(r.returncode == 0, f"report with a probe exits 0 ({r.stderr.strip()[-300:]})")
+        with open(os.path.join(tmp, "report_gap", "report.md"), encoding="utf-8") as f:
+            gtext = f.read()
+        with open(gjson, encoding="utf-8") as f:
+            gsum = json.load(f)
+        gacc, gm, gs = read_entries(os.path.join(gp, "results.nc"), "test_accuracy")
+        gd = gacc[gm.index("mhr"), :, gs.index(5), :] - gacc[gm.index("probe"), :, gs.index(5), :]
+        g_mean, g_low, g_high, g_n = independent_interval(task_means(gd))
+        grow = [p for p in gsum["gap_to_probe"] if p["a"] == "mhr" and p["shots"] == 5]
+        check("## Gap to the linear probe" in gtext and "| mhr |" in gtext.split("## Gap to the linear probe")[1]
+              and len(gsum["gap_to_probe"]) == 2 * len(gs) and len(grow) == 1
+              and abs(grow[0]["mean_diff"] - g_mean) < 1e-9 and abs(grow[0]["ci_low"] - g_low) < 1e-9
+              and abs(grow[0]["ci_high"] - g_high) < 1e-9 and grow[0]["n"] == g_n,
+              f"gap to the probe: mhr - probe at 5 shots matches numpy ({g_mean:+.4f} [{g_low:+.4f}, {g_high:+.4f}])")
+
         # Deterministic output: a second run gives the same bytes.
         out2 = os.path.join(tmp, "report_full_again")
         r = run([report, results, "--alignment", os.path.join(full, "alignment.nc"), "--out", out2,

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/common.h"
+#include "adapters/peft_io.h"
 #include "io/safetensors.h"
 
 _Static_assert(sizeof(real) == sizeof(float), "adapter files are read and written by the float build");
@@ -260,6 +261,11 @@ int tsr_adapters_save(const tsr_adapters *ad, const char *path, int nmeta, const
 
 int tsr_adapters_load_config_ex(const char *path, tsr_adapter_config *c, int *depth, int *dim, int *mlp,
                                 int *tokens, double *ln_eps) {
+    if (tsr_peft_is_dir(path)) { /* a Hugging Face peft adapter directory (peft_io.h) */
+        if (tokens) *tokens = -1;
+        if (ln_eps) *ln_eps = -1;
+        return tsr_peft_load_config(path, c, depth, dim, mlp, NULL);
+    }
     tsr_st_file f;
     if (tsr_st_open(&f, path) != 0) return -1;
     desc d;
@@ -341,6 +347,7 @@ static int check_match(const char *path, const desc *d, const tsr_adapters *ad) 
 }
 
 int tsr_adapters_load(tsr_adapters *ad, const char *path) {
+    if (tsr_peft_is_dir(path)) return tsr_peft_load(ad, path); /* a peft adapter directory (peft_io.h) */
     tsr_st_file f;
     if (tsr_st_open(&f, path) != 0) return -1;
     desc d;

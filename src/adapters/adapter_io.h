@@ -31,7 +31,10 @@
 int tsr_adapters_save(const tsr_adapters *ad, const char *path, int nmeta, const char *const *keys,
                       const char *const *vals);
 /* The description of an adapter file: the adapter configuration and the backbone sizes it was built for
- * (depth, dim, mlp may be NULL). Every key is validated. 0 / -1 (tsr_error naming the file and key). */
+ * (depth, dim, mlp may be NULL). Every key is validated. 0 / -1 (tsr_error naming the file and key).
+ * A directory is read as a Hugging Face peft adapter directory (peft_io.h): its sizes that the directory does
+ * not record are -1 (depth always; tokens and ln_eps always; dim, mlp where no tensor shows them), and
+ * tsr_adapters_load then reads it with tsr_peft_load. */
 int tsr_adapters_load_config(const char *path, tsr_adapter_config *c, int *depth, int *dim, int *mlp);
 /* The same, also giving tokens and ln_eps (either may be NULL). */
 int tsr_adapters_load_config_ex(const char *path, tsr_adapter_config *c, int *depth, int *dim, int *mlp,

@@ -8,6 +8,7 @@ int tsr_cmd_adapt(int argc, char **argv); /* also `tessera pretrain` (the same t
 int tsr_cmd_prepare(int argc, char **argv);
 int tsr_cmd_fewshot(int argc, char **argv); /* few-shot sweeps (cmd_fewshot.c) */
 int tsr_cmd_analyze(int argc, char **argv); /* task gradient alignment (cmd_analyze.c) */
+int tsr_cmd_export_peft(int argc, char **argv); /* adapters -> a Hugging Face peft directory (cmd_export.c) */
 /* Print the start-up banner (rank 0): version, BLAS and kernel, MPI, ranks x threads, the BLAS kernel
  * decision, the fp32 FMA peak per core (measured, 20 ms, and nominal); warn when the BLAS runs a kernel
  * set without AVX-512 on AVX-512 hardware (the user's choice, or a failed self-check). Calls tsr_blas_init and tsr_dist_set_threads. 0 / -1. */

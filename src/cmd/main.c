@@ -24,6 +24,8 @@ static void usage(FILE *f) {
             "                                       netCDF file\n"
             "  predict --checkpoint FILE --input FILE --output FILE [options]\n"
             "                                       logits of a backbone checkpoint (timm or Hugging Face naming)\n"
+            "  export-peft --adapters FILE --checkpoint FILE --out DIR\n"
+            "                                       adapters as a Hugging Face peft directory (LoRA -> LORA, Poly/MHR -> POLY)\n"
             "  prepare fashion-mnist|glyphs|folder  build a dataset (netCDF suite) from Debian packages or image folders\n"
             "  version                              git commit, compiler, BLAS and MPI library\n"
             "\n"
@@ -45,6 +47,7 @@ int main(int argc, char **argv) {
     else if (strcmp(cmd, "prepare") == 0) fn = tsr_cmd_prepare;
     else if (strcmp(cmd, "fewshot") == 0) fn = tsr_cmd_fewshot;
     else if (strcmp(cmd, "analyze") == 0) fn = tsr_cmd_analyze;
+    else if (strcmp(cmd, "export-peft") == 0) fn = tsr_cmd_export_peft;
     if (!fn) {
         fprintf(stderr, "tessera: unknown command '%s'\n\n", cmd);
         usage(stderr);

@@ -25,7 +25,7 @@ static int build_entries(const tsr_vit *m, const tsr_vit_params *p, tsr_naming n
     int n = tsr_vit_tensor_info(m, p, -1, NULL, 0, NULL, NULL, NULL);
     ck_entry *e = tsr_calloc((size_t)n + 4 * (size_t)m->cfg.depth, sizeof *e);
     int k = 0;
-    const char *pre = nm == TSR_NAMING_HF ? "vit." : "";
+    const char *pre = TSR_NAMING_PREFIX(nm);
     int64_t D = m->cfg.dim;
     for (int i = 0; i < n; i++) {
         char tn[128];
@@ -51,15 +51,26 @@ static int build_entries(const tsr_vit *m, const tsr_vit_params *p, tsr_naming n
                 {"norm2.weight", "layernorm_after.weight"}, {"norm2.bias", "layernorm_after.bias"},
                 {"mlp.fc1.weight", "intermediate.dense.weight"}, {"mlp.fc1.bias", "intermediate.dense.bias"},
                 {"mlp.fc2.weight", "output.dense.weight"}, {"mlp.fc2.bias", "output.dense.bias"}};
+            static const char *map5[][2] = {
+                {"norm1.weight", "layernorm_before.weight"}, {"norm1.bias", "layernorm_before.bias"},
+                {"attn.proj.weight", "attention.o_proj.weight"}, {"attn.proj.bias", "attention.o_proj.bias"},
+                {"norm2.weight", "layernorm_after.weight"}, {"norm2.bias", "layernorm_after.bias"},
+                {"mlp.fc1.weight", "mlp.fc1.weight"}, {"mlp.fc1.bias", "mlp.fc1.bias"},
+                {"mlp.fc2.weight", "mlp.fc2.weight"}, {"mlp.fc2.bias", "mlp.fc2.bias"}};
+            int v5 = TSR_NAMING_IS_HF5(nm);
             if (strncmp(rest, "attn.qkv.", 9) == 0) {
                 /* Hugging Face stores q, k, v as three (D, D) linears: rows 0..D-1, D..2D-1, 2D..3D-1 */
                 int is_w = strcmp(rest, "attn.qkv.weight") == 0;
-                static const char *part[3] = {"query", "key", "value"};
+                static const char *part[3] = {"query", "key", "value"}, *part5[3] = {"q_proj", "k_proj", "v_proj"};
                 k--;
                 for (int j = 0; j < 3; j++) {
                     ck_entry *q = &e[k++];
-                    snprintf(q->name, sizeof q->name, "%sencoder.layer.%d.attention.attention.%s.%s", pre, l,
-                             part[j], is_w ? "weight" : "bias");
+                    if (v5)
+                        snprintf(q->name, sizeof q->name, "%slayers.%d.attention.%s.%s", pre, l, part5[j],
+                                 is_w ? "weight" : "bias");
+                    else
+                        snprintf(q->name, sizeof q->name, "%sencoder.layer.%d.attention.attention.%s.%s", pre, l,
+                                 part[j], is_w ? "weight" : "bias");
                     q->ndim = is_w ? 2 : 1;
                     q->shape[0] = D;
                     q->shape[1] = is_w ? D : 0;
@@ -68,8 +79,10 @@ static int build_entries(const tsr_vit *m, const tsr_vit_params *p, tsr_naming n
                 continue;
             }
             for (size_t j = 0; j < sizeof map / sizeof map[0]; j++)
-                if (strcmp(rest, map[j][0]) == 0)
-                    snprintf(c->name, sizeof c->name, "%sencoder.layer.%d.%s", pre, l, map[j][1]);
+                if (strcmp(rest, map[j][0]) == 0) {
+                    if (v5) snprintf(c->name, sizeof c->name, "%slayers.%d.%s", pre, l, map5[j][1]);
+                    else snprintf(c->name, sizeof c->name, "%sencoder.layer.%d.%s", pre, l, map[j][1]);
+                }
             continue;
         }
         static const char *top[][2] = {
@@ -86,10 +99,16 @@ static int build_entries(const tsr_vit *m, const tsr_vit_params *p, tsr_naming n
     return k;
 }
 
+static const char *naming_text(tsr_naming nm) {
+    return nm == TSR_NAMING_TIMM ? "timm" : TSR_NAMING_IS_HF5(nm) ? "Hugging Face (transformers 5)" : "Hugging Face";
+}
+
 static int naming_of(const tsr_st_file *f, tsr_naming *naming) {
     if (tsr_st_find(f, "patch_embed.proj.weight")) *naming = TSR_NAMING_TIMM;
-    else if (tsr_st_find(f, "vit.embeddings.patch_embeddings.projection.weight")) *naming = TSR_NAMING_HF;
-    else if (tsr_st_find(f, "embeddings.patch_embeddings.projection.weight")) *naming = TSR_NAMING_HF_NOPREFIX;
+    else if (tsr_st_find(f, "vit.embeddings.patch_embeddings.projection.weight"))
+        *naming = tsr_st_find(f, "vit.layers.0.attention.q_proj.weight") ? TSR_NAMING_HF5 : TSR_NAMING_HF;
+    else if (tsr_st_find(f, "embeddings.patch_embeddings.projection.weight"))
+        *naming = tsr_st_find(f, "layers.0.attention.q_proj.weight") ? TSR_NAMING_HF5_NOPREFIX : TSR_NAMING_HF_NOPREFIX;
     else
         return tsr_error("%s: not a ViT checkpoint: found neither 'patch_embed.proj.weight' (timm naming) nor "
                          "'[vit.]embeddings.patch_embeddings.projection.weight' (Hugging Face naming)", f->path);
@@ -170,7 +189,7 @@ int tsr_ckpt_infer_config(const char *path, tsr_vit_config *c) {
     if (tsr_ckpt_detect(path, &nm) != 0) return -1;
     tsr_st_file f;
     if (tsr_st_open(&f, path) != 0) return -1;
-    const char *pre = nm == TSR_NAMING_HF ? "vit." : "";
+    const char *pre = TSR_NAMING_PREFIX(nm);
     char name[160];
     int rc = -1;
     snprintf(name, sizeof name, nm == TSR_NAMING_TIMM ? "patch_embed.proj.weight"
@@ -200,6 +219,7 @@ int tsr_ckpt_infer_config(const char *path, tsr_vit_config *c) {
     int depth = 0;
     for (;; depth++) {
         if (nm == TSR_NAMING_TIMM) snprintf(name, sizeof name, "blocks.%d.mlp.fc1.weight", depth);
+        else if (TSR_NAMING_IS_HF5(nm)) snprintf(name, sizeof name, "%slayers.%d.mlp.fc1.weight", pre, depth);
         else snprintf(name, sizeof name, "%sencoder.layer.%d.intermediate.dense.weight", pre, depth);
         const tsr_st_tensor *t = tsr_st_find(&f, name);
         if (!t) break;
@@ -250,7 +270,7 @@ int tsr_ckpt_load_vit(tsr_vit *m, const char *path, int allow_missing_head) {
         if (!t) {
             if (is_head && allow_missing_head) continue;
             tsr_error("%s: tensor '%s' is missing (%s naming, depth %d)", path, e[i].name,
-                      nm == TSR_NAMING_TIMM ? "timm" : "Hugging Face", m->cfg.depth);
+                      naming_text(nm), m->cfg.depth);
             goto out;
         }
         if (t->dtype != TSR_DT_F32 && t->dtype != TSR_DT_F16 && t->dtype != TSR_DT_BF16 && t->dtype != TSR_DT_F64) {
@@ -282,7 +302,7 @@ int tsr_ckpt_load_vit(tsr_vit *m, const char *path, int allow_missing_head) {
         if (strstr(nmi, "pooler.") == nmi || strstr(nmi, "vit.pooler.") == nmi) continue; /* unused by ViT */
         if (allow_missing_head == 2 && (strstr(nmi, "head.") == nmi || strstr(nmi, "classifier.") == nmi)) continue;
         tsr_error("%s: unexpected tensor '%s': it belongs to no part of a ViT with depth %d in %s naming", path,
-                  nmi, m->cfg.depth, nm == TSR_NAMING_TIMM ? "timm" : "Hugging Face");
+                  nmi, m->cfg.depth, naming_text(nm));
         goto out;
     }
     /* where the fp32 block weights can be read again (an absolute path: the working directory may change) */

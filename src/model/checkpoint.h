@@ -8,7 +8,19 @@
 #define TSR_CHECKPOINT_H
 #include "model/vit.h"
 
-typedef enum { TSR_NAMING_TIMM = 0, TSR_NAMING_HF = 1, TSR_NAMING_HF_NOPREFIX = 2 } tsr_naming;
+/* HF / HF_NOPREFIX: transformers 4.x Hub files ([vit.]encoder.layer.N.attention.attention.query, ...);
+ * HF5 / HF5_NOPREFIX: transformers 5 naming ([vit.]layers.N.attention.{q,k,v,o}_proj, mlp.fc1 / fc2,
+ * layernorm_before / layernorm_after; embeddings and the final layernorm as in 4.x). The two are told apart
+ * by the name of block 0's query weight. */
+typedef enum {
+    TSR_NAMING_TIMM = 0,
+    TSR_NAMING_HF = 1,
+    TSR_NAMING_HF_NOPREFIX = 2,
+    TSR_NAMING_HF5 = 3,
+    TSR_NAMING_HF5_NOPREFIX = 4
+} tsr_naming;
+#define TSR_NAMING_IS_HF5(nm) ((nm) == TSR_NAMING_HF5 || (nm) == TSR_NAMING_HF5_NOPREFIX)
+#define TSR_NAMING_PREFIX(nm) ((nm) == TSR_NAMING_HF || (nm) == TSR_NAMING_HF5 ? "vit." : "")
 
 /* Which naming a file uses; -1 (tsr_error) if neither. */
 int tsr_ckpt_detect(const char *path, tsr_naming *naming);

@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "adapters/peft_io.h"
 #include "build_info.h"
 #include "sweep/sweep.h"
 #include "train/trainer.h"
@@ -68,6 +69,10 @@ static int resolve_method(const tsr_config *c, const char *name, method_spec *ms
     if (d && d->pretrained) {
         snprintf(ms->init, sizeof ms->init, "%s/%s/adapters.safetensors", c->fewshot.pretrained, d->pretrained);
         snprintf(ms->mode, sizeof ms->mode, "%s", d->mode);
+        char peft[sizeof ms->init + 32];
+        snprintf(peft, sizeof peft, "%s/%s/" TSR_PEFT_CONFIG, c->fewshot.pretrained, d->pretrained);
+        if (access(ms->init, R_OK) != 0 && access(peft, R_OK) == 0) /* a Hugging Face peft directory (peft_io.h) */
+            snprintf(ms->init, sizeof ms->init, "%s/%s", c->fewshot.pretrained, d->pretrained);
         if (access(ms->init, R_OK) != 0)
             return tsr_error("fewshot.methods: method '%s' starts from the multi-task pre-trained adapters %s, which "
                              "cannot be read (%s) (HINT: run `tessera pretrain` with configs/methods/%s.yaml and "

@@ -132,7 +132,8 @@ static int attach_adapters(predict_run *P, const tsr_predict_opts *o, int batch)
     tsr_adapter_config ac;
     int adepth, adim, amlp;
     if (tsr_adapters_load_config(o->adapters, &ac, &adepth, &adim, &amlp) != 0) return -1;
-    if (adepth != vc->depth || adim != vc->dim || amlp != vc->mlp_dim)
+    /* -1: not recorded (a peft adapter directory); its tensor shapes are checked against the model on load */
+    if ((adepth >= 0 && adepth != vc->depth) || (adim >= 0 && adim != vc->dim) || (amlp >= 0 && amlp != vc->mlp_dim))
         return tsr_error("%s: adapters for a backbone of depth %d, dim %d, mlp %d; %s has depth %d, dim %d, mlp %d",
                          o->adapters, adepth, adim, amlp, o->checkpoint, vc->depth, vc->dim, vc->mlp_dim);
     int nt = ac.n_tasks > 0 ? ac.n_tasks : 1;

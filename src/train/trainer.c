@@ -205,7 +205,8 @@ static int adapters_from_file(tsr_trainer *T) {
     tsr_adapter_config ac;
     int depth, dim, mlp;
     if (tsr_adapters_load_config(init, &ac, &depth, &dim, &mlp) != 0) return tsr_error_context("adapter.init");
-    if (depth != vc->depth || dim != vc->dim || mlp != vc->mlp_dim)
+    /* -1: not recorded (a peft adapter directory); its tensor shapes are checked against the model on load */
+    if ((depth >= 0 && depth != vc->depth) || (dim >= 0 && dim != vc->dim) || (mlp >= 0 && mlp != vc->mlp_dim))
         return tsr_error("adapter.init: %s was made for depth %d, dim %d, mlp %d; the model has %d, %d, %d", init, depth,
                          dim, mlp, vc->depth, vc->dim, vc->mlp_dim);
     if (tsr_adapters_create(&T->pre, &ac, vc->depth, vc->dim, vc->mlp_dim, T->m.tokens, T->B) != 0)

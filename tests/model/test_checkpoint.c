@@ -78,14 +78,30 @@ static void test_round_trip_namings(void **s) {
     (void)s;
     tsr_vit m, m2;
     make_model(&m, 1);
-    tsr_naming namings[3] = {TSR_NAMING_TIMM, TSR_NAMING_HF, TSR_NAMING_HF_NOPREFIX};
-    for (int k = 0; k < 3; k++) {
+    tsr_naming namings[5] = {TSR_NAMING_TIMM, TSR_NAMING_HF, TSR_NAMING_HF_NOPREFIX, TSR_NAMING_HF5,
+                             TSR_NAMING_HF5_NOPREFIX};
+    for (int k = 0; k < 5; k++) {
         char p[512];
         path_of(p, "rt.safetensors");
         assert_int_equal(tsr_ckpt_save_vit(&m, p, namings[k], 0, NULL, NULL), 0);
         tsr_naming det;
         assert_int_equal(tsr_ckpt_detect(p, &det), 0);
         assert_int_equal(det, namings[k]);
+        if (TSR_NAMING_IS_HF5(namings[k])) { /* transformers 5: vit.layers.N.attention.q_proj, mlp.fc1, ... */
+            tsr_st_file f;
+            assert_int_equal(tsr_st_open(&f, p), 0);
+            const char *pre = namings[k] == TSR_NAMING_HF5 ? "vit." : "";
+            static const char *const names[] = {"layers.0.attention.k_proj.weight", "layers.0.attention.o_proj.bias",
+                                                "layers.0.mlp.fc2.weight", "layers.0.layernorm_after.bias",
+                                                "embeddings.position_embeddings", "layernorm.weight"};
+            for (int i = 0; i < 6; i++) {
+                char n[128];
+                snprintf(n, sizeof n, "%s%s", pre, names[i]);
+                if (!tsr_st_find(&f, n)) fail_msg("no tensor %s", n);
+            }
+            assert_null(tsr_st_find(&f, "vit.encoder.layer.0.output.dense.weight"));
+            tsr_st_close(&f);
+        }
         tsr_vit_config inf = cfg;
         inf.dim = inf.depth = inf.mlp_dim = inf.num_classes = inf.image_size = 0;
         assert_int_equal(tsr_ckpt_infer_config(p, &inf), 0);

@@ -224,7 +224,8 @@ void tsr_nc_tune_chunk_cache(int ncid, int varid) {
     if (nc_inq_var_chunking(ncid, varid, &storage, chunks) != NC_NOERR || storage != NC_CHUNKED)
         return;
     size_t bytes = 1;
-    for (int i = 0; i < 4; i++) bytes *= chunks[i];
+    for (int i = 0; i < 4; i++)
+        if (tsr_size_mul(bytes, chunks[i], &bytes) != 0) bytes = CACHE_MAX_BYTES; /* from the file: saturate */
     size_t want = 2 * bytes;
     if (want < CACHE_MIN_BYTES) want = CACHE_MIN_BYTES;
     if (want > CACHE_MAX_BYTES) want = CACHE_MAX_BYTES;
@@ -292,6 +293,11 @@ static int validate(tsr_nc_dataset *d, int ncid) {
     if (tsr_nc_check_image_size(path, len[1], len[2], len[3]) != 0) return -1;
     if (len[0] > (size_t)INT64_MAX)
         return tsr_error("%s: dimension 'example' is too long (%zu)", path, len[0]);
+    size_t bytes;
+    if (tsr_size_mul(len[0], len[1] * len[2] * len[3], &bytes) != 0 || bytes > (size_t)INT64_MAX)
+        return tsr_error("%s: dimension 'example' has %zu examples of %zux%zux%zu bytes: more image data than "
+                         "this machine can address; refusing the file",
+                         path, len[0], len[1], len[2], len[3]);
     d->n_examples = (int64_t)len[0];
     d->height = (int)len[1];
     d->width = (int)len[2];

@@ -210,6 +210,11 @@ static int validate_v2(tsr_suite *s, int ncid) {
     if (tsr_nc_check_image_size(path, len[1], len[2], len[3]) != 0) return -1;
     if (len[0] > (size_t)INT64_MAX)
         return tsr_error("%s: dimension 'example' is too long (%zu)", path, len[0]);
+    size_t bytes;
+    if (tsr_size_mul(len[0], len[1] * len[2] * len[3], &bytes) != 0 || bytes > (size_t)INT64_MAX)
+        return tsr_error("%s: dimension 'example' has %zu examples of %zux%zux%zu bytes: more image data than "
+                         "this machine can address; refusing the file",
+                         path, len[0], len[1], len[2], len[3]);
     s->n_examples = (int64_t)len[0];
     s->H = (int)len[1];
     s->W = (int)len[2];

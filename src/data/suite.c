@@ -81,7 +81,7 @@ static int take_name(const char *src, size_t width, char out[TSR_NAME_MAX]) {
 /* A single-task file of schema tessera-dataset-1, through dataset_nc.c's checks. */
 static int open_v1(tsr_suite *s, const char *path) {
     tsr_nc_dataset d;
-    if (tsr_nc_dataset_open(&d, path) != 0) return -1;
+    if (tsr_nc_dataset_open_unprobed(&d, path) != 0) return -1; /* tsr_suite_open probed it */
     s->version = 1;
     s->ntasks = 1;
     s->H = d.height;
@@ -370,7 +370,25 @@ static int reset_failed(tsr_suite *s) {
     return -1;
 }
 
+static int suite_open_unprobed(tsr_suite *s, const char *path);
+
+static int check_suite(const char *path) {
+    tsr_suite s;
+    if (suite_open_unprobed(&s, path) != 0) return -1;
+    tsr_suite_close(&s);
+    return 0;
+}
+
+/* The file is first opened and validated in a forked child (tsr_nc_probe): a file that crashes HDF5 is
+ * refused with a message instead of taking this process (and its MPI job) down. */
 int tsr_suite_open(tsr_suite *s, const char *path) {
+    memset(s, 0, sizeof *s);
+    s->ncid = -1;
+    if (path && path[0] && tsr_nc_probe(path, check_suite) != 0) return -1;
+    return suite_open_unprobed(s, path);
+}
+
+static int suite_open_unprobed(tsr_suite *s, const char *path) {
     memset(s, 0, sizeof *s);
     s->ncid = -1;
     if (!path || !path[0]) return tsr_error("suite: no file name given");

@@ -3,8 +3,8 @@
 # present are left alone. Run as root (or with sudo). Usage: scripts/setup.sh
 set -euo pipefail
 PKGS=(
-  # toolchain and build
-  build-essential cmake pkg-config git
+  # toolchain and build; clang-14 with its runtime (libFuzzer, sanitizers) builds the fuzz targets (scripts/fuzz.sh)
+  build-essential cmake pkg-config git clang-14 libclang-rt-14-dev
   # MPI, distributed linear algebra, parallel netCDF
   libopenmpi-dev openmpi-bin libscalapack-openmpi-dev libnetcdf-mpi-dev netcdf-bin
   # BLAS: BLIS (default, detects AVX-512 correctly) and OpenBLAS (alternative)

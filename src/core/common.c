@@ -37,7 +37,7 @@ int tsr_error_context(const char *fmt, ...) {
     size_t n = strnlen(err_buf, sizeof old - 1);
     memcpy(old, err_buf, n);
     old[n] = 0;
-    snprintf(err_buf, sizeof err_buf, "%.511s: %.1023s", ctx, old);
+    snprintf(err_buf, sizeof err_buf, "%.511s: %.1023s", ctx, n ? old : "failed (no reason was recorded)");
     return -1;
 }
 

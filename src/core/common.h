@@ -75,6 +75,20 @@ tsr_logger tsr_logger_default(void);
 
 double tsr_time(void); /* monotonic seconds */
 
+/* Sizes computed from numbers a file supplies (dimension lengths, tensor shapes) must not wrap:
+ * *out = a * b, returning 0, or -1 (no message: the caller names the file and the dimension) when the
+ * product does not fit in size_t. */
+static inline int tsr_size_mul(size_t a, size_t b, size_t *out) {
+    return __builtin_mul_overflow(a, b, out) ? -1 : 0;
+}
+/* *out = elem * n * per for a count n read from a file (n < 0 is refused too). 0 / -1 (no message). */
+static inline int tsr_size_bytes(size_t elem, int64_t n, size_t per, size_t *out) {
+    size_t t;
+    if (n < 0) return -1;
+    return tsr_size_mul(elem, (size_t)n, &t) || tsr_size_mul(t, per, out) ? -1 : 0;
+}
+
+
 /* Write a whole buffer to path atomically: path.tmp.<pid>, fsync, rename, fsync of the directory.
  * Returns 0 / -1 (tsr_error). Defined in atomic.c; core/atomic.h has the streaming writer and rename. */
 int tsr_write_file_atomic(const char *path, const void *data, size_t n);

@@ -128,6 +128,16 @@ int tsr_nc_check_values(int ncid, int varid, const char *path, const char *name,
 int tsr_nc_check_image_size(const char *path, size_t y, size_t x, size_t c);
 /* Give `images` a chunk cache for two chunks (best effort, no error). */
 void tsr_nc_tune_chunk_cache(int ncid, int varid);
+/* Check a netCDF input from outside before this process opens it: check(path) runs in a forked child
+ * (which opens and validates the file, then exits without touching MPI or anything else of the parent).
+ * 0 when the child passed; -1 with the child's own message when it refused the file; -1 with "... crashed
+ * the netCDF/HDF5 library (signal ...) ...; refusing the file" when the child died by a signal (HDF5 can
+ * crash on a corrupt file instead of returning an error). Inside the child, and when TESSERA_NC_CHECK=0 or
+ * fork fails (a warning), nothing is checked and 0 is returned. Tests: TESSERA_FAULT_NC_CHILD_SIGNAL=N
+ * makes the child raise signal N. */
+int tsr_nc_probe(const char *path, int (*check)(const char *path));
+/* tsr_nc_dataset_open without the probe (for an opener that already probed the file). */
+int tsr_nc_dataset_open_unprobed(tsr_nc_dataset *d, const char *path);
 
 /* Writing. */
 void tsr_nc_iso_now(char *buf, size_t n);                         /* "2025-03-01T12:00:00Z" */

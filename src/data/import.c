@@ -559,8 +559,7 @@ done:
 /* ------------------------------------------------------------------ decoding */
 
 /* Decode item path to size x size x C into dst. msg gets the error (naming the file). */
-static int load_image(const char *path, int size, int C, int mode, uint8_t *dst, char *msg,
-                      size_t mn) {
+int tsr_import_decode_image(const char *path, int size, int C, int mode, uint8_t *dst, char *msg, size_t mn) {
     FILE *f = fopen(path, "rb");
     if (!f) {
         snprintf(msg, mn, "%s: cannot open image: %s", path, strerror(errno));
@@ -688,7 +687,7 @@ int tsr_import_folder_resize(const char *src, const char *out_path, int size, in
 #pragma omp parallel for schedule(dynamic, 4)
         for (int64_t i = 0; i < k; i++) {
             char msg[2048];
-            if (load_image(items.v[b0 + i].path, size, channels, resize_mode, px + (size_t)i * img,
+            if (tsr_import_decode_image(items.v[b0 + i].path, size, channels, resize_mode, px + (size_t)i * img,
                            msg, sizeof msg) != 0) {
 #pragma omp critical(tsr_import_error)
                 {

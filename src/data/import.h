@@ -9,6 +9,8 @@
  * "tessera prepare <kind> <arguments>". */
 #ifndef TSR_IMPORT_H
 #define TSR_IMPORT_H
+#include <stddef.h>
+#include <stdint.h>
 
 /* Debian's dataset-fashion-mnist installs its IDX files here. */
 #define TSR_FASHION_MNIST_DIR "/usr/share/datasets/fashion-mnist"
@@ -52,4 +54,8 @@ enum {
 int tsr_import_folder_resize(const char *src, const char *out_path, int size, int channels,
                              const char *task_name, int resize_mode);
 
+/* One image of `prepare folder`: the file at path decoded (PNG, JPEG, BMP, GIF, TGA, PNM through stb_image)
+ * and resized to size x size x C (mode: as the resize option of tsr_import_folder_resize) into dst. 0, or -1
+ * with the reason, naming the file, in msg (mn bytes). Exposed for the fuzz target (tests/fuzz). */
+int tsr_import_decode_image(const char *path, int size, int C, int mode, uint8_t *dst, char *msg, size_t mn);
 #endif

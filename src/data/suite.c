@@ -81,7 +81,7 @@ static int take_name(const char *src, size_t width, char out[TSR_NAME_MAX]) {
 /* A single-task file of schema tessera-dataset-1, through dataset_nc.c's checks. */
 static int open_v1(tsr_suite *s, const char *path) {
     tsr_nc_dataset d;
-    if (tsr_nc_dataset_open(&d, path) != 0) return -1;
+    if (tsr_nc_dataset_open_unprobed(&d, path) != 0) return -1; /* tsr_suite_open probed it */
     s->version = 1;
     s->ntasks = 1;
     s->H = d.height;
@@ -210,6 +210,11 @@ static int validate_v2(tsr_suite *s, int ncid) {
     if (tsr_nc_check_image_size(path, len[1], len[2], len[3]) != 0) return -1;
     if (len[0] > (size_t)INT64_MAX)
         return tsr_error("%s: dimension 'example' is too long (%zu)", path, len[0]);
+    size_t bytes;
+    if (tsr_size_mul(len[0], len[1] * len[2] * len[3], &bytes) != 0 || bytes > (size_t)INT64_MAX)
+        return tsr_error("%s: dimension 'example' has %zu examples of %zux%zux%zu bytes: more image data than "
+                         "this machine can address; refusing the file",
+                         path, len[0], len[1], len[2], len[3]);
     s->n_examples = (int64_t)len[0];
     s->H = (int)len[1];
     s->W = (int)len[2];
@@ -365,7 +370,25 @@ static int reset_failed(tsr_suite *s) {
     return -1;
 }
 
+static int suite_open_unprobed(tsr_suite *s, const char *path);
+
+static int check_suite(const char *path) {
+    tsr_suite s;
+    if (suite_open_unprobed(&s, path) != 0) return -1;
+    tsr_suite_close(&s);
+    return 0;
+}
+
+/* The file is first opened and validated in a forked child (tsr_nc_probe): a file that crashes HDF5 is
+ * refused with a message instead of taking this process (and its MPI job) down. */
 int tsr_suite_open(tsr_suite *s, const char *path) {
+    memset(s, 0, sizeof *s);
+    s->ncid = -1;
+    if (path && path[0] && tsr_nc_probe(path, check_suite) != 0) return -1;
+    return suite_open_unprobed(s, path);
+}
+
+static int suite_open_unprobed(tsr_suite *s, const char *path) {
     memset(s, 0, sizeof *s);
     s->ncid = -1;
     if (!path || !path[0]) return tsr_error("suite: no file name given");

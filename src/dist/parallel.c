@@ -142,10 +142,12 @@ int tsr_dist_fail_together(const tsr_comm *c, int local_fail, const tsr_logger *
         who = low;
     }
     if (who == c->size) return 0;
-    if (local_fail) tsr_logf(log, TSR_LOG_ERROR, "%s", tsr_last_error());
+    /* a failure that recorded no message still says that something failed, on every rank */
+    const char *own = tsr_last_error()[0] ? tsr_last_error() : "failed (no reason was recorded)";
+    if (local_fail) tsr_logf(log, TSR_LOG_ERROR, "%s", own);
     if (c->size > 1) {
         char msg[1024];
-        snprintf(msg, sizeof msg, "%s", tsr_last_error());
+        snprintf(msg, sizeof msg, "%s", own);
         tsr_dist_bcast(c, msg, sizeof msg, who);
         msg[sizeof msg - 1] = 0;
         if (!local_fail) tsr_logf(log, TSR_LOG_ERROR, "stopping: rank %d failed: %s", who, msg);

@@ -16,6 +16,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors.c assumes a little-endian host"
@@ -253,6 +254,97 @@ static int check_overlaps(const tsr_st_file *f) {
     return rc;
 }
 
+/* ------------------------------------------------------------------ checksums
+ *
+ * Files tessera writes carry TSR_ST_CRC_KEY in "__metadata__" (the first key there): a string of n + 1
+ * CRC-32 values (zlib), 8 lowercase hex digits each, separated by one space. The first covers the 8-byte
+ * length and the whole header as written, with this value's digits read as '0'; the others cover
+ * each tensor's data bytes, tensors taken in the order of their data offsets (the order written). */
+
+static uint32_t crc_bytes(uint32_t crc, const uint8_t *p, uint64_t n) {
+    while (n > 0) {
+        size_t k = n > ((uint64_t)1 << 30) ? ((size_t)1 << 30) : (size_t)n;
+        crc = (uint32_t)crc32_z(crc, p, k);
+        p += k;
+        n -= k;
+    }
+    return crc;
+}
+
+/* 8 hex digits at p into *v; 0 / -1. */
+static int parse_hex8(const char *p, uint32_t *v) {
+    uint32_t x = 0;
+    for (int i = 0; i < 8; i++) {
+        char c = p[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (d < 0) return -1;
+        x = (x << 4) | (uint32_t)d;
+    }
+    *v = x;
+    return 0;
+}
+
+static int verify_checksums(tsr_st_file *f, uint64_t hlen) {
+    const char *val = tsr_st_meta(f, TSR_ST_CRC_KEY);
+    f->checksummed = 0;
+    if (!val) return 0; /* files of other tools, and tessera's from before checksums: the caller decides */
+    size_t vl = strlen(val), want = (size_t)(f->n + 1) * 9 - 1;
+    if (vl != want)
+        return tsr_error("%s: metadata '%s' is %zu characters long, expected %zu (%d CRC-32 values: the header "
+                         "and %d tensors); the header is corrupt",
+                         f->path, TSR_ST_CRC_KEY, vl, want, f->n + 1, f->n);
+    uint32_t *crc = tsr_malloc((size_t)(f->n + 1) * sizeof *crc);
+    int rc = 0;
+    for (int i = 0; i <= f->n && rc == 0; i++)
+        if (parse_hex8(val + 9 * (size_t)i, &crc[i]) != 0 || (i < f->n && val[9 * (size_t)i + 8] != ' '))
+            rc = tsr_error("%s: metadata '%s' is not %d space-separated 8-digit hex CRC-32 values; the header is "
+                           "corrupt", f->path, TSR_ST_CRC_KEY, f->n + 1);
+    /* the header, with the value's characters as '0' */
+    if (rc == 0) {
+        static const char key[] = "\"" TSR_ST_CRC_KEY "\":\"";
+        const char *h = (const char *)f->buf + 8, *at = NULL;
+        for (uint64_t i = 0; i + sizeof key - 1 + vl <= hlen; i++)
+            if (memcmp(h + i, key, sizeof key - 1) == 0) {
+                at = h + i + sizeof key - 1;
+                break;
+            }
+        if (!at || memcmp(at, val, vl) != 0) {
+            rc = tsr_error("%s: metadata '%s' is not written as tessera writes it; the header cannot be "
+                           "verified (rewritten by another tool?)", f->path, TSR_ST_CRC_KEY);
+        } else {
+            uint64_t pre = (uint64_t)(at - (const char *)f->buf);
+            char *zeros = tsr_malloc(vl);
+            memset(zeros, '0', vl);
+            for (int i = 0; i < f->n; i++) zeros[9 * (size_t)i + 8] = ' ';
+            uint32_t c = crc_bytes(0, f->buf, pre);
+            c = crc_bytes(c, (const uint8_t *)zeros, vl);
+            c = crc_bytes(c, f->buf + pre + vl, 8 + hlen - pre - vl);
+            free(zeros);
+            if (c != crc[0])
+                rc = tsr_error("%s: the header (tensor table and metadata) fails its checksum (CRC-32 %08x, "
+                               "recorded %08x): the file is corrupt", f->path, c, crc[0]);
+        }
+    }
+    /* each tensor's bytes, in data order; pages are given back as soon as they are summed */
+    if (rc == 0 && f->n > 0) {
+        const tsr_st_tensor **ord = tsr_malloc((size_t)f->n * sizeof *ord);
+        for (int i = 0; i < f->n; i++) ord[i] = &f->t[i];
+        qsort(ord, (size_t)f->n, sizeof *ord, cmp_by_begin);
+        for (int i = 0; i < f->n && rc == 0; i++) {
+            const tsr_st_tensor *t = ord[i];
+            uint32_t c = crc_bytes(0, f->buf + t->begin, t->end - t->begin);
+            tsr_st_drop(f, t);
+            if (c != crc[i + 1])
+                rc = tsr_error("%s: tensor '%s' fails its checksum (CRC-32 %08x, recorded %08x): the file is "
+                               "corrupt", f->path, t->name, c, crc[i + 1]);
+        }
+        free(ord);
+    }
+    free(crc);
+    if (rc == 0) f->checksummed = 1;
+    return rc;
+}
+
 /* The file's bytes into f->buf / f->size: mapped read-only (pages become resident only where read), or
  * read into memory when it cannot be mapped (an empty file, a file system without mmap). */
 static int map_file(tsr_st_file *f, const char *path) {
@@ -332,6 +424,7 @@ static int open_impl(tsr_st_file *f, const char *path) {
         f->t[i].end += data_off;
     }
     rc = check_overlaps(f);
+    if (rc == 0) rc = verify_checksums(f, hlen);
 done:
     json_decref(root);
     return rc;
@@ -644,6 +737,10 @@ void tsr_st_writer_meta(tsr_st_writer *w, const char *key, const char *val) {
         writer_fail(w, "metadata key or value is NULL");
         return;
     }
+    if (strcmp(key, TSR_ST_CRC_KEY) == 0) {
+        writer_fail(w, "metadata key '%s' is reserved (the writer adds the checksums)", key);
+        return;
+    }
     for (int i = 0; i < w->nmeta; i++)
         if (strcmp(w->mk[i], key) == 0) {
             writer_fail(w, "duplicate metadata key '%s'", key);
@@ -664,14 +761,23 @@ void tsr_st_writer_meta(tsr_st_writer *w, const char *key, const char *val) {
 }
 
 /* Build the JSON header (malloc'ed, unpadded). NULL with tsr_error on invalid UTF-8 etc. */
-static char *build_header(const tsr_st_writer *w, const char *path) {
+__attribute__((noinline)) static char *build_header(const tsr_st_writer *w, const char *path) {
     json_t *root = json_object();
     json_t *meta = NULL;
     char *out = NULL;
     if (!root) goto oom;
-    if (w->nmeta > 0) {
+    {
         meta = json_object();
         if (!meta) goto oom;
+        /* the checksums' place, first: '0's, filled in once the data is written (tsr_st_writer_write) */
+        size_t cl = (size_t)(w->n + 1) * 9 - 1;
+        char *zeros = tsr_malloc(cl + 1);
+        memset(zeros, '0', cl);
+        for (int i = 0; i < w->n; i++) zeros[9 * (size_t)i + 8] = ' ';
+        zeros[cl] = 0;
+        int r0 = json_object_set_new(meta, TSR_ST_CRC_KEY, json_string(zeros));
+        free(zeros);
+        if (r0 != 0) goto oom;
         for (int i = 0; i < w->nmeta; i++) {
             json_t *s = json_string(w->mv[i]);
             if (!s) {
@@ -742,6 +848,18 @@ int tsr_st_writer_write(tsr_st_writer *w, const char *path) {
     char *hdr = build_header(w, path);
     if (!hdr) return -1;
     size_t hl = strlen(hdr);
+    /* where the checksums go: the first occurrence of the key (the first key of "__metadata__", which
+     * json_dumps writes before any tensor; a metadata value cannot hold it unescaped) */
+    static const char ckey[] = "\"" TSR_ST_CRC_KEY "\":\"";
+    size_t crc_at = 0, kl = sizeof ckey - 1;
+    for (size_t i = 0; !crc_at && i + kl <= hl; i++)
+        if (memcmp(hdr + i, ckey, kl) == 0) crc_at = 8 + i + kl;
+    if (!crc_at) {
+        free(hdr);
+        return tsr_error("%s: internal error: no checksum field in the header", path);
+    }
+    size_t crc_len = (size_t)(w->n + 1) * 9 - 1;
+    uint32_t *crcs = tsr_calloc((size_t)w->n + 1, sizeof *crcs);
     size_t padded = (hl + 7) & ~(size_t)7; /* 8 + padded is a multiple of 8 */
     uint8_t *head = tsr_malloc(8 + padded);
     uint64_t hl64 = padded;
@@ -761,11 +879,15 @@ int tsr_st_writer_write(tsr_st_writer *w, const char *path) {
     int rc = -1, filled = 0;
     tsr_atomic a;
     if (tsr_atomic_begin(&a, path)) {
+        crcs[0] = crc_bytes(0, head, 8 + padded);
         int ok = write_all(&a, head, 8 + padded) == 0;
         for (int i = 0; ok && i < w->n; i++) {
             const wr_tensor *t = &w->t[i];
             if (!t->fill) {
-                if (t->nbytes) ok = write_all(&a, t->data, t->nbytes) == 0;
+                if (t->nbytes) {
+                    crcs[i + 1] = crc_bytes(0, t->data, t->nbytes);
+                    ok = write_all(&a, t->data, t->nbytes) == 0;
+                }
                 continue;
             }
             for (uint64_t off = 0; ok && off < t->nbytes; off += FILL_CHUNK) {
@@ -774,13 +896,25 @@ int tsr_st_writer_write(tsr_st_writer *w, const char *path) {
                     tsr_error_context("%s: tensor '%s'", path, t->name);
                     ok = 0;
                     filled = -1;
-                } else ok = write_all(&a, chunk, len) == 0;
+                } else {
+                    crcs[i + 1] = crc_bytes(crcs[i + 1], chunk, len);
+                    ok = write_all(&a, chunk, len) == 0;
+                }
             }
+        }
+        if (ok) { /* the checksums into their place in the header */
+            char *txt = tsr_malloc(crc_len + 2);
+            for (int i = 0; i <= w->n; i++) snprintf(txt + 9 * (size_t)i, 10, "%08x ", crcs[i]);
+            ok = fflush(a.fp) == 0 && fseek(a.fp, (long)crc_at, SEEK_SET) == 0 && write_all(&a, txt, crc_len) == 0 &&
+                 fflush(a.fp) == 0 && fseek(a.fp, 0, SEEK_END) == 0;
+            if (!ok && !a.err) a.err = errno ? errno : EIO;
+            free(txt);
         }
         if (filled) tsr_atomic_abort(&a); /* keeps the fill's message; no temporary stays behind */
         else rc = tsr_atomic_commit(&a); /* reports a failed write above and removes the temporary */
     }
     free(chunk);
     free(head);
+    free(crcs);
     return rc;
 }

@@ -67,7 +67,15 @@ typedef struct {
     int nmeta;
     char **meta_keys;
     char **meta_vals;
+    int checksummed;  /* 1: the file carried TSR_ST_CRC_KEY and every checksum matched; 0: it had none */
 } tsr_st_file;
+
+/* Checksums (CRC-32, zlib) that tsr_st_writer_write puts in "__metadata__" under this key, as a string
+ * (the file stays valid safetensors): the header's, then each tensor's data, 8 hex digits each, separated
+ * by spaces. tsr_st_open verifies them when present and refuses a mismatch naming the file and the tensor
+ * (or the header); a file without the key (other tools' files, tessera's from before checksums) is read
+ * unverified, with checksummed = 0, and its loader decides. */
+#define TSR_ST_CRC_KEY "tessera_crc32"
 
 /* Read and validate path. 0 / -1 (tsr_error). On failure *f is left zeroed (closing it is safe). */
 int tsr_st_open(tsr_st_file *f, const char *path);

@@ -198,6 +198,11 @@ static int journal_write(const char *path, const tsr_train_result *r, uint64_t f
     return rc;
 }
 
+static int journal_read(const char *path, uint64_t fp, tsr_train_result *r, int *rank, int E);
+int tsr_sweep_journal_read(const char *path, uint64_t fp, tsr_train_result *r, int *rank, int E) {
+    return journal_read(path, fp, r, rank, E);
+}
+
 /* Read one journal entry; 1 = valid and matching, 0 = absent or stale (another configuration), -1 = damaged. */
 static int journal_read(const char *path, uint64_t fp, tsr_train_result *r, int *rank, int E) {
     memset(r, 0, sizeof *r);

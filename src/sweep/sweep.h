@@ -20,6 +20,7 @@
 #define TSR_SWEEP_SWEEP_H
 #include "dist/parallel.h"
 #include "io/tsr_config.h"
+#include "train/trainer.h"
 
 typedef struct {
     const char *cfg_path; /* the sweep file, and the command line's --set overrides */
@@ -41,4 +42,8 @@ int tsr_sweep_run(const tsr_ctx *ctx, const tsr_config *cfg, const char *cfg_tex
  * readable), at the configured learning rates (x1). 0 / -1 (tsr_error). */
 int tsr_sweep_entry_config(const char *sweep_path, int nset, char **sets, const char *method, const char *task,
                            long shots, long seed, tsr_config *out);
+/* One journal entry (a safetensors file): 1 = valid and made with fingerprint fp (*r filled: free it with
+ * tsr_train_result_free, *rank the rank that ran it), 0 = absent or stale (another configuration), -1 = damaged;
+ * E = the most evaluations an entry may hold. Exposed for the fuzz target (tests/fuzz). */
+int tsr_sweep_journal_read(const char *path, uint64_t fp, tsr_train_result *r, int *rank, int E);
 #endif

@@ -1,6 +1,7 @@
 /* imageset.c: labelled image sets in memory (see imageset.h). */
 #include "train/imageset.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -64,6 +65,13 @@ int tsr_imageset_load(const tsr_config *cfg, tsr_imageset *train, tsr_imageset *
     }
     if (!d.has_labels || !d.has_split) {
         tsr_error("%s: training needs the variables 'labels' and 'split'", cfg->data.path);
+        goto out;
+    }
+    size_t fbytes;
+    if (tsr_size_bytes(sizeof(float), d.n_examples, (size_t)S * S * C, &fbytes) != 0) {
+        tsr_error("%s: dimension 'example' has %lld examples of %dx%dx%d: their float32 pixels would take more "
+                  "than %zu bytes; refusing the file",
+                  cfg->data.path, (long long)d.n_examples, S, S, C, (size_t)SIZE_MAX);
         goto out;
     }
     px = tsr_malloc((size_t)d.n_examples * S * S * C);

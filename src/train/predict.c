@@ -98,8 +98,17 @@ static int read_nc(predict_run *P, const char *input) {
         mean[c] = (float)P->cfg.data.mean.v[c];
         sd[c] = (float)P->cfg.data.std.v[c];
     }
-    P->images = tsr_malloc(sizeof(float) * (size_t)(n ? n : 1) * C * S * S);
-    P->labels = d.has_labels ? tsr_malloc(sizeof(int) * (size_t)(n ? n : 1)) : NULL;
+    size_t img_bytes, lab_bytes, logit_bytes;
+    if (tsr_size_bytes(sizeof(float), n, (size_t)C * S * S, &img_bytes) != 0 ||
+        tsr_size_bytes(sizeof(int), n, 1, &lab_bytes) != 0 ||
+        tsr_size_bytes(sizeof(float), n, (size_t)P->vc.num_classes, &logit_bytes) != 0) {
+        tsr_error("%s: dimension 'example' has %lld examples of %dx%dx%d: their float32 pixels (and logits) "
+                  "would take more than %zu bytes; refusing the file",
+                  input, (long long)n, S, S, C, (size_t)SIZE_MAX);
+        goto out;
+    }
+    P->images = tsr_malloc(n ? img_bytes : sizeof(float));
+    P->labels = d.has_labels ? tsr_malloc(n ? lab_bytes : sizeof(int)) : NULL;
     rc = tsr_nc_dataset_read(&d, 0, n, mean, sd, P->images, P->labels);
 out:
     tsr_nc_dataset_close(&d);
@@ -118,8 +127,16 @@ static int read_st(predict_run *P, const char *input) {
                   t ? "" : ": no tensor named 'input'");
         goto out;
     }
+    size_t img_bytes, logit_bytes;
+    if (tsr_size_bytes(sizeof(float), t->numel, 1, &img_bytes) != 0 ||
+        tsr_size_bytes(sizeof(float), t->shape[0], (size_t)P->vc.num_classes, &logit_bytes) != 0) {
+        tsr_error("%s: tensor 'input' of shape [%lld, %d, %d, %d]: its float32 values (and logits) would take "
+                  "more than %zu bytes; refusing the file",
+                  input, (long long)t->shape[0], C, S, S, (size_t)SIZE_MAX);
+        goto out;
+    }
     P->n = t->shape[0];
-    P->images = tsr_malloc(sizeof(float) * (size_t)(t->numel ? t->numel : 1));
+    P->images = tsr_malloc(t->numel ? img_bytes : sizeof(float));
     rc = tsr_st_read_f32(&f, t, P->images, t->numel);
 out:
     tsr_st_close(&f);
@@ -155,7 +172,10 @@ static int attach_adapters(predict_run *P, const tsr_predict_opts *o, int batch)
 static int forward_all(predict_run *P, int batch) {
     int K = P->vc.num_classes;
     size_t per = (size_t)P->vc.channels * P->vc.image_size * P->vc.image_size;
-    P->logits = tsr_malloc(sizeof(float) * (size_t)P->n * K);
+    size_t bytes;
+    if (tsr_size_bytes(sizeof(float), P->n, (size_t)K, &bytes) != 0)
+        return tsr_error("predict: %lld images x %d classes of logits do not fit in memory", (long long)P->n, K);
+    P->logits = tsr_malloc(bytes);
     double t0 = tsr_time();
     for (int64_t s = 0; s < P->n; s += batch) {
         int b = (int)(P->n - s < batch ? P->n - s : batch);

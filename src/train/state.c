@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,12 +16,20 @@
 #include "io/safetensors.h"
 #include "model/checkpoint.h"
 
+/* Remove a checkpoint directory and every file in it: state.safetensors, DONE, and whatever a write that
+ * failed or was killed left there (their path.tmp.<pid> temporaries). Checkpoint directories hold only
+ * files. */
 static int rm_ckpt(const char *dir) {
     char p[1400];
-    const char *files[] = {"state.safetensors", "DONE"};
-    for (int i = 0; i < 2; i++) {
-        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
-        unlink(p);
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)))
+            if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
+                snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+                unlink(p);
+            }
+        closedir(d);
     }
     return rmdir(dir);
 }
@@ -91,9 +100,12 @@ int tsr_state_save(const tsr_train_state *s, const char *out, long step, int kee
     snprintf(root, sizeof root, "%s/checkpoints", out);
     snprintf(dir, sizeof dir, "%s/step-%08ld", root, step);
     snprintf(tmpd, sizeof tmpd, "%s.tmp", dir);
-    if (tsr_mkdirs(root) != 0) return -1;
-    rm_ckpt(tmpd);
-    if (tsr_mkdirs(tmpd) != 0) return -1;
+    if (tsr_mkdirs(root) != 0) return tsr_error_context("checkpoint of step %ld", step);
+    rm_ckpt(tmpd); /* one left by a run that was killed while writing it */
+    if (tsr_mkdirs(tmpd) != 0) {
+        rm_ckpt(tmpd);
+        return tsr_error_context("checkpoint of step %ld", step);
+    }
     snprintf(p, sizeof p, "%s/state.safetensors", tmpd);
     int rc = write_state(s, p, step, first_loss, cfg_text);
     snprintf(sv, sizeof sv, "%ld", step);
@@ -101,12 +113,12 @@ int tsr_state_save(const tsr_train_state *s, const char *out, long step, int kee
     if (rc == 0) rc = tsr_write_file_atomic(p, sv, strlen(sv));
     if (rc != 0) {
         rm_ckpt(tmpd); /* nothing half-written stays behind */
-        return -1;
+        return tsr_error_context("checkpoint of step %ld (nothing kept of it)", step);
     }
     rm_ckpt(dir);
     if (tsr_atomic_rename(tmpd, dir) != 0) {
         rm_ckpt(tmpd);
-        return -1;
+        return tsr_error_context("checkpoint of step %ld (nothing kept of it)", step);
     }
     /* keep the newest `keep` complete checkpoints */
     for (long below = step + 1, kept = 0;;) {
@@ -173,14 +185,77 @@ static int read_model(const tsr_st_file *f, tsr_vit *m) {
     return rc;
 }
 
+/* Open a checkpoint's state file and verify it: the checksums of its header and of every tensor
+ * (tsr_st_open), and every float value finite (a checkpoint holding a NaN cannot be a good one). A file
+ * from before checksums is accepted with a warning. 0 (f open) / -1 (tsr_error naming the file and the
+ * tensor; f closed). */
+static int open_verified(tsr_st_file *f, const char *p) {
+    if (tsr_st_open(f, p) != 0) return -1;
+    if (!f->checksummed)
+        tsr_warn("%s: written before checkpoints carried checksums (metadata '%s'): read without verifying", p,
+                 TSR_ST_CRC_KEY);
+    enum { CHUNK = 1 << 16 };
+    float *buf = tsr_malloc(sizeof(float) * CHUNK);
+    int rc = 0;
+    for (int i = 0; i < f->n && rc == 0; i++) {
+        const tsr_st_tensor *t = &f->t[i];
+        if (t->dtype != TSR_DT_F32) continue;
+        for (int64_t o = 0; o < t->numel && rc == 0; o += CHUNK) {
+            int64_t k = t->numel - o < CHUNK ? t->numel - o : CHUNK;
+            if ((rc = tsr_st_read_f32_at(f, t, o, buf, k)) != 0) break;
+            for (int64_t j = 0; j < k; j++)
+                if (!isfinite(buf[j])) {
+                    rc = tsr_error("%s: tensor '%s': value %lld is %g: not a checkpoint to continue from", p,
+                                   t->name, (long long)(o + j), (double)buf[j]);
+                    break;
+                }
+        }
+        tsr_st_drop(f, t);
+    }
+    free(buf);
+    if (rc != 0) tsr_st_close(f);
+    return rc;
+}
+
+long tsr_state_last_good(const char *out, char *dir, size_t n) {
+    char root[1100], p[1400];
+    snprintf(root, sizeof root, "%s/checkpoints", out);
+    for (long below = 1L << 62;;) {
+        long step = latest(root, below);
+        if (step == 0) return 0;
+        snprintf(p, sizeof p, "%s/step-%08ld/state.safetensors", root, step);
+        tsr_st_file f;
+        if (open_verified(&f, p) == 0) {
+            tsr_st_close(&f);
+            if (dir) snprintf(dir, n, "%s/step-%08ld", root, step);
+            return step;
+        }
+        below = step;
+    }
+}
+
 long tsr_state_load_latest(tsr_train_state *s, const char *out, double *first_loss) {
     char root[1100], p[1400];
     snprintf(root, sizeof root, "%s/checkpoints", out);
-    long step = latest(root, 1L << 62);
-    if (step == 0) return 0;
-    snprintf(p, sizeof p, "%s/step-%08ld/state.safetensors", root, step);
     tsr_st_file f;
-    if (tsr_st_open(&f, p) != 0) return -1;
+    long step, below = 1L << 62;
+    int skipped = 0;
+    /* the newest complete checkpoint that verifies; newer ones that do not are skipped, each with a warning */
+    for (;;) {
+        step = latest(root, below);
+        if (step == 0) {
+            if (skipped)
+                return tsr_error("resume: none of the %d complete checkpoint(s) in %s verifies (warnings above); "
+                                 "remove them to start afresh", skipped, root);
+            return 0;
+        }
+        snprintf(p, sizeof p, "%s/step-%08ld/state.safetensors", root, step);
+        if (open_verified(&f, p) == 0) break;
+        tsr_warn("resume: skipping the checkpoint %s/step-%08ld, which fails verification: %s", root, step,
+                 tsr_last_error());
+        skipped++;
+        below = step;
+    }
     int bad = read_model(&f, s->m) || read_vec(&f, "opt.model.m", s->om->m, s->om->n) ||
               read_vec(&f, "opt.model.v", s->om->v, s->om->n);
     if (!bad && s->ad)

@@ -25,8 +25,14 @@ typedef struct {
 /* Write the checkpoint of `step` under out/checkpoints, keeping the newest `keep`. One writer. 0 / -1. */
 int tsr_state_save(const tsr_train_state *s, const char *out, long step, int keep, double first_loss,
                    const char *cfg_text);
-/* Load the newest complete checkpoint: its step (0: none), or -1 (tsr_error). */
+/* Load the newest complete checkpoint that verifies (its checksums match, every value is finite): its step
+ * (0: none), or -1 (tsr_error; also when there are complete checkpoints and none verifies). A newer one that
+ * fails verification is skipped with a warning naming it. A checkpoint written before checksums existed is
+ * read with a warning (values still checked finite). */
 long tsr_state_load_latest(tsr_train_state *s, const char *out, double *first_loss);
+/* The newest complete checkpoint under out/checkpoints that verifies: its step, its directory into dir (n
+ * bytes; may be NULL), or 0 when none does. */
+long tsr_state_last_good(const char *out, char *dir, size_t n);
 /* Keep a CSV curve's header and its rows up to `step` (a resumed run rewrites what follows). */
 void tsr_curve_keep_until(const char *path, long step);
 #endif

@@ -863,9 +863,18 @@ static int loop(tsr_trainer *T, run_clock *ck, tsr_train_result *res) {
         double loss = step_sync(T, Bl, lsum, fail, lrf, &gn, &nfail);
         if (nfail && tsr_dist_fail_together(T->comm, fail, &T->ctx->log)) return 1;
         if (!isfinite(loss)) {
-            LOG(T, TSR_LOG_ERROR, "train: loss is %g at step %ld: diverged (HINT: lower %s); the last good checkpoint "
-                "(if any) is kept in %s/checkpoints", loss, step, T->opts->backbone ? "train.lr" : "optim.*_lr",
-                cfg->run.output_dir);
+            /* name a checkpoint only after verifying it (checksums, finite values): rank 0 reads them */
+            char good[1400] = "";
+            long gs = T->me == 0 && !T->opts->quiet ? tsr_state_last_good(cfg->run.output_dir, good, sizeof good) : 0;
+            if (gs > 0)
+                LOG(T, TSR_LOG_ERROR, "train: loss is %g at step %ld: diverged (HINT: lower %s); the last good "
+                    "checkpoint, %s (step %ld, verified), is kept", loss, step,
+                    T->opts->backbone ? "train.lr" : "optim.*_lr", good, gs);
+            else
+                LOG(T, TSR_LOG_ERROR, "train: loss is %g at step %ld: diverged (HINT: lower %s); %s", loss, step,
+                    T->opts->backbone ? "train.lr" : "optim.*_lr",
+                    T->opts->quiet ? "no checkpoint is kept" : T->me == 0 ? "no checkpoint in run.output_dir/checkpoints verifies"
+                                                                   : "rank 0 names the last good checkpoint");
             return 1;
         }
         if (step == 0) ck->first_loss = loss;

@@ -205,7 +205,8 @@ static void test_round_trip(void **state) {
     for (int i = 1; i < f.n; i++) assert_int_equal(f.t[i].begin, f.t[i - 1].end); /* in order */
 
     /* metadata */
-    assert_int_equal(f.nmeta, 2);
+    assert_int_equal(f.nmeta, 3); /* and the checksums */
+    assert_int_equal(f.checksummed, 1);
     assert_string_equal(tsr_st_meta(&f, "format"), "pt");
     assert_string_equal(tsr_st_meta(&f, "note"), note);
     assert_null(tsr_st_meta(&f, "absent"));
@@ -770,7 +771,8 @@ static void test_writer_argument_errors(void **state) {
     tsr_st_file f;
     assert_int_equal(tsr_st_open(&f, path), 0);
     assert_int_equal(f.n, 0);
-    assert_int_equal(f.nmeta, 0);
+    assert_int_equal(f.nmeta, 1); /* the header's checksum */
+    assert_int_equal(f.checksummed, 1);
     assert_int_equal(f.size % 8, 0);
     tsr_st_close(&f);
 }
@@ -995,6 +997,91 @@ static void test_random_mutations(void **state) {
     free(buf);
 }
 
+/* ------------------------------------------------------------------ checksums */
+
+/* Offset of the first occurrence of needle in raw[0, n) (fails the test if absent). */
+static uint64_t find_off(const uint8_t *raw, size_t n, const char *needle) {
+    size_t k = strlen(needle);
+    for (size_t i = 0; i + k <= n; i++)
+        if (memcmp(raw + i, needle, k) == 0) return i;
+    fail_msg("'%s' not found", needle);
+    return 0;
+}
+
+/* Every byte of a written file is covered: flipping one bit of a tensor's data is refused naming that tensor,
+ * one bit of the header (a metadata value, the tensor table) naming the header; the key is reserved; a file
+ * without the key (other tools, older tessera) opens unverified. */
+static void test_checksums(void **state) {
+    char path[256], bad[256];
+    mkpath(path, sizeof path, "crc.safetensors");
+    mkpath(bad, sizeof bad, "crc_bad.safetensors");
+    float a[5] = {1, 2, 3, 4, 5};
+    int32_t b[3] = {7, 8, 9};
+    float big[3000];
+    for (int i = 0; i < 3000; i++) big[i] = (float)i * 0.5f;
+    tsr_st_writer *w = tsr_st_writer_new();
+    tsr_st_writer_add(w, "alpha", TSR_DT_F32, 1, (const int64_t[]){5}, a);
+    tsr_st_writer_add(w, "empty", TSR_DT_F32, 1, (const int64_t[]){0}, NULL);
+    tsr_st_writer_add(w, "beta", TSR_DT_I32, 1, (const int64_t[]){3}, b);
+    tsr_st_writer_add(w, "big", TSR_DT_F32, 2, (const int64_t[]){30, 100}, big);
+    tsr_st_writer_meta(w, "note", "a value in the header");
+    assert_int_equal(tsr_st_writer_write(w, path), 0);
+    tsr_st_writer_free(w);
+
+    tsr_st_file f;
+    if (tsr_st_open(&f, path) != 0) fail_msg("open: %s", tsr_last_error());
+    assert_int_equal(f.checksummed, 1);
+    const char *crc = tsr_st_meta(&f, TSR_ST_CRC_KEY);
+    assert_non_null(crc);
+    assert_int_equal(strlen(crc), 5 * 9 - 1);
+    uint64_t data0 = f.t[0].begin;
+    const tsr_st_tensor *tb = tsr_st_find(&f, "beta"), *tg = tsr_st_find(&f, "big");
+    uint64_t beta_at = tb->begin + 5, big_at = tg->begin + 4321;
+    tsr_st_close(&f);
+
+    uint8_t *raw;
+    size_t n;
+    read_whole(path, &raw, &n);
+    struct { uint64_t at; const char *needle; } cases[] = {
+        {beta_at, "tensor 'beta' fails its checksum"},
+        {big_at, "tensor 'big' fails its checksum"},
+        {data0 + 2, "tensor 'alpha' fails its checksum"},
+        {find_off(raw, n, "a value in"), "header"}, /* its checksum, or invalid UTF-8 */
+        {find_off(raw, n, "\"shape\"") + 10, "header"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        for (int bit = 0; bit < 8; bit += 7) {
+            raw[cases[c].at] ^= (uint8_t)(1u << bit);
+            write_bytes(bad, raw, n);
+            raw[cases[c].at] ^= (uint8_t)(1u << bit);
+            if (tsr_st_open(&f, bad) == 0) fail_msg("bit %d of byte %llu flipped: accepted", bit, (unsigned long long)cases[c].at);
+            const char *need[] = {cases[c].needle};
+            check_error(bad, need, 1);
+        }
+    }
+    /* a checksum digit changed */
+    size_t v = find_off(raw, n, "\"" TSR_ST_CRC_KEY "\":\"") + strlen(TSR_ST_CRC_KEY) + 4 + 12;
+    raw[v] = raw[v] == '0' ? '1' : '0';
+    write_bytes(bad, raw, n);
+    assert_int_equal(tsr_st_open(&f, bad), -1);
+    free(raw);
+
+    /* the key is the writer's */
+    w = tsr_st_writer_new();
+    tsr_st_writer_meta(w, TSR_ST_CRC_KEY, "00000000");
+    assert_int_equal(tsr_st_writer_write(w, bad), -1);
+    const char *res[] = {"reserved"};
+    check_error(bad, res, 1);
+    tsr_st_writer_free(w);
+
+    /* without the key: read, not verified */
+    const char *json = "{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}";
+    write_st(bad, strlen(json), json, a, 4);
+    assert_int_equal(tsr_st_open(&f, bad), 0);
+    assert_int_equal(f.checksummed, 0);
+    tsr_st_close(&f);
+}
+
 /* ------------------------------------------------------------------ main */
 
 int main(void) {
@@ -1013,6 +1100,7 @@ int main(void) {
         cmocka_unit_test(test_file_level_errors),
         cmocka_unit_test(test_every_truncation_fails),
         cmocka_unit_test(test_random_mutations),
+        cmocka_unit_test(test_checksums),
         BAD(not_json, "{\"w\": {\"dtype\": \"F32\",", 0, "not valid JSON", "line 1", "column"),
         BAD(trailing_garbage, "{} x", 0, "not valid JSON", NULL, NULL),
         BAD(bad_utf8, "{\"w\xff\": {}}", 0, "not valid JSON", NULL, NULL),

@@ -1,0 +1,132 @@
+/* test_nc_probe.c: netCDF inputs are opened first in a forked child (tsr_nc_probe), so that a file that
+ * crashes HDF5 is refused with a message instead of killing the process (issue 15, part D).
+ * - a good dataset and a good suite open (and the child is not run again for an unchanged file);
+ * - truncated and garbled files get a clean error naming the file (dataset and suite openers);
+ * - a child that dies by a signal (TESSERA_FAULT_NC_CHILD_SIGNAL: the path a crashing HDF5 takes) makes the
+ *   open fail with a message naming the file and the signal, and this process lives on;
+ * - TESSERA_NC_CHECK=0 turns the child off (then the signal is not seen: the fault test needs the probe). */
+#define _POSIX_C_SOURCE 200809L
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../common/test_util.h"
+#include "core/common.h"
+#include "data/dataset_nc.h"
+#include "data/suite.h"
+
+enum { N = 12, H = 6, W = 5, C = 1, K = 3 };
+
+static void make_good(const char *p) {
+    uint8_t img[N * H * W * C];
+    int lab[N];
+    for (int i = 0; i < N * H * W * C; i++) img[i] = (uint8_t)(i * 7);
+    for (int i = 0; i < N; i++) lab[i] = i % K;
+    tsr_nc_provenance prov = {.task_name = "probe"};
+    if (tsr_nc_dataset_write(p, N, H, W, C, img, lab, NULL, K, NULL, &prov) != 0) fail_msg("%s", tsr_last_error());
+}
+
+static void copy_prefix(const char *from, const char *to, long keep, int garble) {
+    char *buf;
+    size_t n;
+    assert_int_equal(tsr_read_file(from, &buf, &n), 0);
+    if (keep < 0 || (size_t)keep > n) keep = (long)n;
+    if (garble) /* the HDF5 signature stays; what follows it is noise */
+        for (size_t i = 64; i < (size_t)keep; i++) buf[i] = (char)((i * 2654435761u) >> 13);
+    FILE *f = fopen(to, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(buf, 1, (size_t)keep, f), (size_t)keep);
+    fclose(f);
+    free(buf);
+}
+
+static void test_good_files_open(void **state) {
+    (void)state;
+    const char *p = tpath("good.nc");
+    make_good(p);
+    tsr_nc_dataset d;
+    if (tsr_nc_dataset_open(&d, p) != 0) fail_msg("%s", tsr_last_error());
+    assert_int_equal(d.n_examples, N);
+    tsr_nc_dataset_close(&d);
+    tsr_suite s;
+    if (tsr_suite_open(&s, p) != 0) fail_msg("%s", tsr_last_error());
+    assert_int_equal(s.ntasks, 1);
+    tsr_suite_close(&s);
+    /* unchanged: not checked again (a child that would crash is not started) */
+    setenv("TESSERA_FAULT_NC_CHILD_SIGNAL", "11", 1);
+    assert_int_equal(tsr_nc_dataset_open(&d, p), 0);
+    tsr_nc_dataset_close(&d);
+    unsetenv("TESSERA_FAULT_NC_CHILD_SIGNAL");
+}
+
+static void test_truncated_and_garbled(void **state) {
+    (void)state;
+    char good[600]; /* tpath's buffers are reused */
+    snprintf(good, sizeof good, "%s", tpath("good2.nc"));
+    make_good(good);
+    char *buf;
+    size_t n;
+    assert_int_equal(tsr_read_file(good, &buf, &n), 0);
+    free(buf);
+    const long cuts[] = {0, 4, 100, 1000, (long)n / 2, (long)n - 1};
+    for (size_t i = 0; i < sizeof cuts / sizeof *cuts; i++) {
+        for (int garble = 0; garble < 2; garble++) {
+            if (garble && cuts[i] < 200) continue;
+            char name[64];
+            snprintf(name, sizeof name, "bad_%ld_%d.nc", cuts[i], garble);
+            const char *p = tpath(name);
+            copy_prefix(good, p, cuts[i], garble);
+            tsr_nc_dataset d;
+            assert_int_equal(tsr_nc_dataset_open(&d, p), -1);
+            expect_error(p, NULL);
+            assert_int_equal(d.ncid, -1);
+            tsr_suite s;
+            assert_int_equal(tsr_suite_open(&s, p), -1);
+            expect_error(p, NULL);
+            unlink(p);
+        }
+    }
+    unlink(good);
+}
+
+static void test_child_death_refuses_the_file(void **state) {
+    (void)state;
+    const char *p = tpath("crashes.nc");
+    make_good(p);
+    setenv("TESSERA_FAULT_NC_CHILD_SIGNAL", "11", 1);
+    tsr_nc_dataset d;
+    assert_int_equal(tsr_nc_dataset_open(&d, p), -1);
+    expect_error(p, "refusing the file", "crashed the netCDF/HDF5 library", "signal 11", NULL);
+    tsr_suite s;
+    assert_int_equal(tsr_suite_open(&s, p), -1);
+    expect_error(p, "crashed", NULL);
+    unsetenv("TESSERA_FAULT_NC_CHILD_SIGNAL");
+    unlink(p);
+}
+
+static int group_setup(void **state) {
+    (void)state;
+    snprintf(g_dir, sizeof g_dir, "/tmp/tsr_test_nc_probe.XXXXXX");
+    return mkdtemp(g_dir) ? 0 : -1;
+}
+
+static int group_teardown(void **state) {
+    (void)state;
+    unlink(tpath("good.nc"));
+    return rmdir(g_dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_good_files_open),
+        cmocka_unit_test(test_truncated_and_garbled),
+        cmocka_unit_test(test_child_death_refuses_the_file),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """`tessera prepare` end to end: each suite is built by one command from Debian packages (Fashion-MNIST,
 the glyph suite: >= 40 tasks of >= 10 classes; the glyph suite v2 with --roles configs/glyphs.yaml:
-per-role renderings per class and split, plain held-out test renderings, the counts in the attributes),
+per-role renderings per class and split, distinct held-out test renderings, the counts in the attributes),
 a folder of PNG class folders converts, a corrupt image is refused naming the file, a bad --roles file
 is refused naming it, and the files open in Debian's python3-xarray / netCDF4 with the schema's
 variables and provenance.
@@ -36,9 +36,9 @@ def run(args):
 def check_v2(path, roles):
     """The glyph suite v2 at path against the role lists of configs/glyphs.yaml (roles: dict)."""
     import netCDF4
-    # the documented defaults (docs/GLYPHS.md): train, val, test renderings per class; plain test
-    want = {"source": (100, 10, 10, False), "train": (40, 5, 5, False), "val": (20, 5, 10, True),
-            "heldout": (20, 5, 10, True)}
+    # the documented defaults (docs/GLYPHS.md): train, val, test renderings per class; every split augmented
+    want = {"source": (100, 10, 10, False), "train": (40, 5, 5, False), "val": (20, 5, 10, False),
+            "heldout": (20, 5, 10, False)}
     with netCDF4.Dataset(path) as d:
         d.set_auto_mask(False)
         names = [bytes(r).rstrip(b"\0").decode() for r in np.array(d["task_names"][:])]
@@ -55,7 +55,8 @@ def check_v2(path, roles):
             if count[t] != ncls[t] * (tr + va + te) or any((per[k] != c).any() for k, c in enumerate((tr, va, te))):
                 bad.append(n)
         check(not bad, f"v2: renderings per class and split as per role in every task (wrong: {bad[:5]})")
-        # plain test renderings: in a held-out task with one font, a class's test images are identical
+        # v2.1: in a held-out task with one font, a class's test renderings are augmented, all distinct (v2's plain
+        # ones were one image repeated), and so are its training renderings
         fonts = dict(line.split(":", 1) for line in d.glyph_task_fonts.split("\n"))
         one_font = [n for n in roles["heldout"] if len(fonts[n].split()) == 1]
         same = True
@@ -65,14 +66,14 @@ def check_v2(path, roles):
             sp, lab = split[first[t]:first[t] + count[t]], labels[first[t]:first[t] + count[t]]
             for c in range(ncls[t]):
                 x = img[(sp == 2) & (lab == c)]
-                same &= bool((x == x[0]).all())
+                same &= len({r.tobytes() for r in x}) == len(x)
                 y = img[(sp == 0) & (lab == c)]
                 same &= not (y == y[0]).all()  # the training renderings are augmented
-        check(one_font and same, f"v2: plain test renderings in the {len(one_font)} one-font held-out tasks, augmented "
-              "training renderings")
+        check(one_font and same, f"v2.1: distinct augmented test and training renderings in the {len(one_font)} one-font "
+              "held-out tasks")
         counts = d.glyph_counts
-        check(d.glyph_suite_version == "2" and "source (46 tasks): 100 train, 10 val, 10 test" in counts
-              and "heldout (23 tasks): 20 train, 5 val, 10 test renderings per class; test renderings plain" in counts
+        check(d.glyph_suite_version == "2.1" and "source (46 tasks): 100 train, 10 val, 10 test" in counts
+              and "heldout (23 tasks): 20 train, 5 val, 10 test renderings per class; every split augmented" in counts
               and "roles=" in d.glyph_options and "--roles" in d.history,
               "v2: version, counts per role, options and command in the attributes")
         check("fonts-noto-extra" in d.glyph_packages and "NotoSans-CondensedSemiBold.ttf" in d.glyph_fonts,

@@ -84,7 +84,8 @@ int tsr_peft_export(const tsr_adapters *ad, tsr_naming naming, const char *dir, 
     for (int k = 0; k < ad->n_mod; k++) need += poly ? 0 : ad->mod[k].nA + ad->mod[k].nB;
     float *buf = tsr_malloc(sizeof(float) * (need ? need : 1)), *bp = buf;
     tsr_st_writer *w = tsr_st_writer_new();
-    tsr_st_writer_meta(w, "format", "pt"); /* what peft's save_pretrained writes */
+    tsr_st_writer_meta(w, "format", "pt"); /* what peft's save_pretrained writes, and nothing else */
+    tsr_st_writer_no_checksums(w);
     json_t *targets = json_array();
     for (int k = 0; k < ad->n_mod; k++) {
         const tsr_rlp *md = &ad->mod[k];

@@ -635,8 +635,11 @@ struct tsr_st_writer {
     int n, cap;
     char **mk, **mv;
     int nmeta, capmeta;
+    int no_crc;     /* tsr_st_writer_no_checksums: a file in another tool's exact format */
     char err[1024]; /* first argument error from add/meta, reported by write */
 };
+
+void tsr_st_writer_no_checksums(tsr_st_writer *w) { w->no_crc = 1; }
 
 tsr_st_writer *tsr_st_writer_new(void) { return tsr_calloc(1, sizeof(tsr_st_writer)); }
 
@@ -766,9 +769,9 @@ __attribute__((noinline)) static char *build_header(const tsr_st_writer *w, cons
     json_t *meta = NULL;
     char *out = NULL;
     if (!root) goto oom;
-    {
-        meta = json_object();
-        if (!meta) goto oom;
+    meta = json_object();
+    if (!meta) goto oom;
+    if (!w->no_crc) {
         /* the checksums' place, first: '0's, filled in once the data is written (tsr_st_writer_write) */
         size_t cl = (size_t)(w->n + 1) * 9 - 1;
         char *zeros = tsr_malloc(cl + 1);
@@ -778,6 +781,8 @@ __attribute__((noinline)) static char *build_header(const tsr_st_writer *w, cons
         int r0 = json_object_set_new(meta, TSR_ST_CRC_KEY, json_string(zeros));
         free(zeros);
         if (r0 != 0) goto oom;
+    }
+    {
         for (int i = 0; i < w->nmeta; i++) {
             json_t *s = json_string(w->mv[i]);
             if (!s) {
@@ -852,9 +857,9 @@ int tsr_st_writer_write(tsr_st_writer *w, const char *path) {
      * json_dumps writes before any tensor; a metadata value cannot hold it unescaped) */
     static const char ckey[] = "\"" TSR_ST_CRC_KEY "\":\"";
     size_t crc_at = 0, kl = sizeof ckey - 1;
-    for (size_t i = 0; !crc_at && i + kl <= hl; i++)
+    for (size_t i = 0; !w->no_crc && !crc_at && i + kl <= hl; i++)
         if (memcmp(hdr + i, ckey, kl) == 0) crc_at = 8 + i + kl;
-    if (!crc_at) {
+    if (!crc_at && !w->no_crc) {
         free(hdr);
         return tsr_error("%s: internal error: no checksum field in the header", path);
     }
@@ -902,7 +907,7 @@ int tsr_st_writer_write(tsr_st_writer *w, const char *path) {
                 }
             }
         }
-        if (ok) { /* the checksums into their place in the header */
+        if (ok && !w->no_crc) { /* the checksums into their place in the header */
             char *txt = tsr_malloc(crc_len + 2);
             for (int i = 0; i <= w->n; i++) snprintf(txt + 9 * (size_t)i, 10, "%08x ", crcs[i]);
             ok = fflush(a.fp) == 0 && fseek(a.fp, (long)crc_at, SEEK_SET) == 0 && write_all(&a, txt, crc_len) == 0 &&

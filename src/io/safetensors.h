@@ -113,6 +113,8 @@ const tsr_st_tensor *tsr_st_expect(const tsr_st_file *f, const char *name, int n
  * the write. Metadata is written as "__metadata__" first, then tensors in the order added. */
 typedef struct tsr_st_writer tsr_st_writer;
 tsr_st_writer *tsr_st_writer_new(void);
+/* Write no TSR_ST_CRC_KEY: for files that must be exactly another tool's format (peft's adapter files). */
+void tsr_st_writer_no_checksums(tsr_st_writer *w);
 void tsr_st_writer_add(tsr_st_writer *w, const char *name, tsr_dtype dt, int ndim,
                        const int64_t *shape, const void *data);
 /* A tensor whose bytes are produced at write time, in order, a piece at a time (at most 4 MiB, offsets and

@@ -1080,6 +1080,23 @@ static void test_checksums(void **state) {
     assert_int_equal(tsr_st_open(&f, bad), 0);
     assert_int_equal(f.checksummed, 0);
     tsr_st_close(&f);
+
+    /* tsr_st_writer_no_checksums: another tool's exact format (peft's), the metadata as given and no more */
+    w = tsr_st_writer_new();
+    tsr_st_writer_add(w, "alpha", TSR_DT_F32, 1, (const int64_t[]){5}, a);
+    tsr_st_writer_meta(w, "format", "pt");
+    tsr_st_writer_no_checksums(w);
+    assert_int_equal(tsr_st_writer_write(w, bad), 0);
+    tsr_st_writer_free(w);
+    assert_int_equal(tsr_st_open(&f, bad), 0);
+    assert_int_equal(f.checksummed, 0);
+    assert_int_equal(f.nmeta, 1);
+    assert_string_equal(tsr_st_meta(&f, "format"), "pt");
+    assert_null(tsr_st_meta(&f, TSR_ST_CRC_KEY));
+    float got[5];
+    assert_int_equal(tsr_st_read_f32(&f, tsr_st_find(&f, "alpha"), got, 5), 0);
+    assert_memory_equal(got, a, sizeof a);
+    tsr_st_close(&f);
 }
 
 /* ------------------------------------------------------------------ main */

@@ -320,7 +320,7 @@ def body(exe, src, tmp):
             zk = "base_model.model.vit.encoder.layer.0.attention.attention.value.poly_router.module_logits"
             check(zk in w and w[zk].shape == (4, 32), f"mhr: {zk} of shape (n_tasks, n_splits * n_skills)")
             tasks = [0, 1, 3]
-        check(meta.get("format") == "pt", f"{method}: safetensors metadata format = pt (as peft writes)")
+        check(meta == {"format": "pt"}, f"{method}: safetensors metadata exactly {{format: pt}}, as peft writes it ({meta})")
         peft = PeftStatement(pdir)
         for t in tasks:
             lt = predict(exe, ckpt, inp, os.path.join(tmp, "lt.safetensors"), ad, t)

@@ -17,10 +17,11 @@ shift || true
 TARGETS=("$@")
 [ ${#TARGETS[@]} -eq 0 ] && TARGETS=(safetensors config hf_config adapter_desc dataset_nc suite_nc journal image)
 BUILD=build-fuzz
-CC=${FUZZ_CC:-clang} cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTESSERA_FUZZ=ON > "$BUILD.configure.log" 2>&1 ||
-  { cat "$BUILD.configure.log"; exit 1; }
-cmake --build "$BUILD" -j "$(nproc)" --target "${TARGETS[@]/#/fuzz_}" > "$BUILD.build.log" 2>&1 ||
-  { tail -40 "$BUILD.build.log"; exit 1; }
+mkdir -p "$BUILD"
+CC=${FUZZ_CC:-clang} cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTESSERA_FUZZ=ON > "$BUILD/configure.log" 2>&1 ||
+  { cat "$BUILD/configure.log"; exit 1; }
+cmake --build "$BUILD" -j "$(nproc)" --target "${TARGETS[@]/#/fuzz_}" > "$BUILD/build.log" 2>&1 ||
+  { tail -40 "$BUILD/build.log"; exit 1; }
 fail=0
 for t in "${TARGETS[@]}"; do
   work=$(mktemp -d /tmp/tsr_fuzz_$t.XXXXXX)
@@ -34,8 +35,8 @@ for t in "${TARGETS[@]}"; do
   cov=$(grep -o 'cov: [0-9]* ft: [0-9]* corp: [0-9]*' "$work/log.txt" | tail -1 || echo "cov: ?")
   echo "fuzz_$t: $st, $execs executions in ${SECS} s, $cov"
   if [ $st = ok ]; then rm -rf "$work"; else
-    ls "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-* 2>/dev/null | sed 's/^/  input: /'
-    tail -30 "$work/log.txt" | sed 's/^/  | /'
+    ls "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-* 2>/dev/null | sed 's/^/  input: /' || true
+    grep -E "ERROR|SUMMARY|^ +#[0-9]+ " "$work/log.txt" | head -12 | sed 's/^/  | /' || true
   fi
 done
 exit $fail

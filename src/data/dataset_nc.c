@@ -444,8 +444,9 @@ static int probe_fork(const char *path, int (*check)(const char *path)) {
     }
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return 0;
     if (got > 0) return tsr_error("%s", msg);
-    return tsr_error("%s: refusing the file: the checking process exited with status %d without a message", path,
-                     WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    return tsr_error("%s: refusing the file: opening it crashed the netCDF/HDF5 library in a separate checking "
+                     "process (it ended with status %d and no message; a sanitizer's report, if any, is above); the "
+                     "file is corrupt", path, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
 }
 
 static int check_dataset(const char *path) {

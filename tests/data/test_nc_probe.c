@@ -110,6 +110,21 @@ static void test_child_death_refuses_the_file(void **state) {
     unlink(p);
 }
 
+/* A real damaged file, found by fuzz_dataset_nc: in the fuzzer's process (after earlier inputs) opening it made
+ * HDF5 free a pointer it never allocated (H5G__dense_iterate -> H5MM_xfree), caught by ASan. Opened alone (the
+ * release and the gcc sanitizer builds) HDF5 returns an error. Either way tessera must refuse it cleanly, naming
+ * the file, and live on; if the crash happens, the forked check turns it into that refusal. */
+static void test_real_hdf5_crash_file(void **state) {
+    (void)state;
+    const char *p = "tests/fuzz/regressions/dataset_nc/hdf5_crash_link_table.nc";
+    tsr_nc_dataset d;
+    assert_int_equal(tsr_nc_dataset_open(&d, p), -1);
+    expect_error(p, NULL);
+    tsr_suite s;
+    assert_int_equal(tsr_suite_open(&s, p), -1);
+    expect_error(p, NULL);
+}
+
 static int group_setup(void **state) {
     (void)state;
     snprintf(g_dir, sizeof g_dir, "/tmp/tsr_test_nc_probe.XXXXXX");
@@ -127,6 +142,7 @@ int main(void) {
         cmocka_unit_test(test_good_files_open),
         cmocka_unit_test(test_truncated_and_garbled),
         cmocka_unit_test(test_child_death_refuses_the_file),
+        cmocka_unit_test(test_real_hdf5_crash_file),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -49,7 +49,7 @@ def argv(exe, out, resume=False):
     return a + (["--resume"] if resume else [])
 
 
-def run(a, env=None, timeout=300):
+def run(a, env=None, timeout=900):
     try:
         return subprocess.run(a, env=env or ENV, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
@@ -162,7 +162,7 @@ def main():
         shell = "trap '' XFSZ; ulimit -f 64; exec \"$@\""
         a = [mpiexec, "--oversubscribe", "--allow-run-as-root", "-n", "1", "bash", "-c", shell, "bash"] + argv(exe, e) + \
             [":", "-n", "1"] + argv(exe, e)
-        r = run(a, timeout=120)
+        r = run(a, timeout=600)
         errs = err_lines(r.stdout + r.stderr)
         check(r.returncode not in (0, 124), f"disk full: the job exits non-zero within the timeout (rc {r.returncode})")
         check(len(errs) >= 2 and all(l.split("error:", 1)[1].strip() for l in errs),

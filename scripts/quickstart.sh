@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default, from a fresh Debian 12 machine, in about ten minutes on 2 cores:
 #   1. installs the Debian packages and builds tessera
-#   2. renders the glyph suite v2 from Debian's fonts (137 writing systems, renderings per class by the
+#   2. renders the glyph suite v2.1 from Debian's fonts (137 writing systems, renderings per class by the
 #      roles of configs/glyphs.yaml: 192,000 images, about 15 s; docs/GLYPHS.md)
 #   3. pre-trains a small ViT backbone (dim 128, depth 4: the study's is dim 192, depth 6) on the 46
 #      source scripts (2 MPI ranks)
@@ -26,7 +26,7 @@ cmake --build build -j "$(nproc)" > /dev/null
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 OUT=${QUICK_RUNS:-runs}
 
-stage "2/7 glyph suite v2"
+stage "2/7 glyph suite v2.1"
 # a data/glyphs.nc of an older suite (no glyph_suite_version "2.1") is rebuilt
 if [ -f data/glyphs.nc ] && ncdump -h data/glyphs.nc 2>/dev/null | grep 'glyph_suite_version = "2.1"' > /dev/null; then
   echo "quickstart: data/glyphs.nc is the glyph suite v2.1"

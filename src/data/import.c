@@ -11,6 +11,7 @@
 #include "data/suite.h"
 
 #include <dirent.h>
+#include <limits.h>
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
@@ -558,6 +559,70 @@ done:
 
 /* ------------------------------------------------------------------ decoding */
 
+/* Debian's stb_image (git 2022-09-08) does not bound the number of codes in a JPEG Huffman table: a DHT
+ * segment whose 16 code-length counts sum to more than 256 makes stbi__build_huffman write past its
+ * size[257] table and the DHT reader past values[256] (found by fuzz_image; upstream added the check
+ * later). jpeg_huffman_check walks the markers the way stb_image's reader does up to the first scan (SOI,
+ * then segments, with the bytes stb skips between them) and checks every DHT table; after the first scan,
+ * where how far stb's entropy decoder reads depends on the data, every FF C4 in the rest of the file is
+ * checked as a DHT (in valid entropy-coded data an FF is always followed by 00 or a marker, so this refuses
+ * no valid file). Returns 0 when the file is safe to hand to stb_image (or not a JPEG), -1 with why set. */
+static uint32_t jpeg_get8(const uint8_t *b, size_t n, size_t p) { return p < n ? b[p] : 0; }
+
+static int jpeg_dht_check(const uint8_t *b, size_t n, size_t at, char *why, size_t wn) {
+    /* at: the offset of the FF C4 marker */
+    long L = (long)((jpeg_get8(b, n, at + 2) << 8) | jpeg_get8(b, n, at + 3)) - 2;
+    size_t p = at + 4;
+    while (L > 0 && p < n) {
+        uint32_t q = jpeg_get8(b, n, p);
+        if ((q >> 4) > 1 || (q & 15) > 3) return 0; /* stb_image refuses this header itself */
+        uint32_t codes = 0;
+        for (int i = 0; i < 16; i++) codes += jpeg_get8(b, n, p + 1 + (size_t)i);
+        if (codes > 256) {
+            snprintf(why, wn, "corrupt JPEG: the Huffman table at byte %zu has %u codes (at most 256)", at,
+                     codes);
+            return -1;
+        }
+        p += 17 + codes;
+        L -= 17 + (long)codes;
+    }
+    return 0;
+}
+
+static int jpeg_huffman_check(const uint8_t *b, size_t n, char *why, size_t wn) {
+    if (n < 2 || b[0] != 0xFF) return 0; /* stb_image's JPEG reader wants SOI first */
+    size_t p = 0;
+    int seen_soi = 0;
+    while (p < n) {
+        /* stbi__get_marker: a byte that is not FF is skipped; FF FF ... FF m gives marker m */
+        if (b[p] != 0xFF) {
+            p++;
+            continue;
+        }
+        while (p < n && b[p] == 0xFF) p++;
+        if (p >= n) return 0;
+        uint32_t m = b[p++];
+        if (!seen_soi) {
+            if (m != 0xD8) return 0; /* not a JPEG to stb_image */
+            seen_soi = 1;
+            continue;
+        }
+        if (m == 0xD9) return 0;                              /* EOI */
+        if (m == 0xDA) break;                                 /* SOS: the first scan */
+        if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD8)) continue; /* no length */
+        if (m == 0xC4 && jpeg_dht_check(b, n, p - 2, why, wn)) return -1;
+        size_t L = (size_t)((jpeg_get8(b, n, p) << 8) | jpeg_get8(b, n, p + 1));
+        p += L;
+    }
+    for (size_t i = p > 2 ? p - 2 : 0; i + 1 < n; i++)
+        if (b[i] == 0xFF && b[i + 1] == 0xC4 && jpeg_dht_check(b, n, i, why, wn)) return -1;
+    return 0;
+}
+
+/* stb_image's own limit is 2^24 per side; an image of more than this many pixels is refused before it is
+ * decoded (a 4096 x 4096 photo is 2^24; prepare folder makes thumbnails of at most a few hundred pixels) */
+#define TSR_IMAGE_MAX_PIXELS ((size_t)1 << 28)
+
 /* Decode item path to size x size x C into dst. msg gets the error (naming the file). */
 int tsr_import_decode_image(const char *path, int size, int C, int mode, uint8_t *dst, char *msg, size_t mn) {
     FILE *f = fopen(path, "rb");
@@ -565,9 +630,54 @@ int tsr_import_decode_image(const char *path, int size, int C, int mode, uint8_t
         snprintf(msg, mn, "%s: cannot open image: %s", path, strerror(errno));
         return -1;
     }
-    int w = 0, h = 0, nch = 0;
-    uint8_t *px = stbi_load_from_file(f, &w, &h, &nch, C);
+    uint8_t *buf = NULL;
+    size_t n = 0, cap = 0;
+    int rerr = 0;
+    for (;;) {
+        if (n == cap) {
+            size_t nc = cap ? cap * 2 : 65536;
+            if (nc > (size_t)INT_MAX) {
+                rerr = EFBIG;
+                break;
+            }
+            uint8_t *nb = realloc(buf, nc);
+            if (!nb) {
+                rerr = ENOMEM;
+                break;
+            }
+            buf = nb;
+            cap = nc;
+        }
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (got == 0) {
+            if (ferror(f)) rerr = errno ? errno : EIO;
+            break;
+        }
+    }
     fclose(f);
+    if (rerr) {
+        free(buf);
+        snprintf(msg, mn, "%s: cannot read image: %s", path,
+                 rerr == EFBIG ? "larger than 2 GiB" : strerror(rerr));
+        return -1;
+    }
+    char why[160];
+    if (jpeg_huffman_check(buf, n, why, sizeof why)) {
+        free(buf);
+        snprintf(msg, mn, "%s: cannot decode image (%s)", path, why);
+        return -1;
+    }
+    int w = 0, h = 0, nch = 0;
+    if (stbi_info_from_memory(buf, (int)n, &w, &h, &nch) && w > 0 && h > 0 &&
+        (size_t)w * (size_t)h > TSR_IMAGE_MAX_PIXELS) {
+        free(buf);
+        snprintf(msg, mn, "%s: image of %d x %d pixels is larger than tessera decodes (at most %zu pixels)",
+                 path, w, h, TSR_IMAGE_MAX_PIXELS);
+        return -1;
+    }
+    uint8_t *px = stbi_load_from_memory(buf, (int)n, &w, &h, &nch, C);
+    free(buf);
     if (!px) {
         snprintf(msg, mn, "%s: cannot decode image (%s); expected a PNG, JPEG, BMP, GIF, TGA or "
                  "PNM file",

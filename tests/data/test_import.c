@@ -501,6 +501,49 @@ static void test_corrupt_image(void **state) {
     assert_int_equal(access(out, F_OK), -1);
 }
 
+/* Debian's stb_image writes past its Huffman tables on a JPEG whose DHT table has more than 256 codes
+ * (found by fuzz_image); tsr_import_decode_image refuses such a file before stb_image sees it, and the
+ * check does not refuse a valid file that merely carries the bytes FF C4 inside another segment. */
+static void test_jpeg_huffman_guard(void **state) {
+    (void)state;
+    mkdirs("jpeg");
+    uint8_t px[4 * 4 * 3];
+    char msg[512];
+    write_bytes("jpeg/ok.jpg", BLUE_JPEG, sizeof BLUE_JPEG);
+    assert_int_equal(tsr_import_decode_image(tpath("jpeg/ok.jpg"), 4, 3, 0, px, msg, sizeof msg), 0);
+    check_solid(px, 4, 3, BLUE, 3);
+
+    size_t dht = 0;
+    for (size_t i = 2; i + 1 < sizeof BLUE_JPEG; i++)
+        if (BLUE_JPEG[i] == 0xFF && BLUE_JPEG[i + 1] == 0xC4) {
+            dht = i;
+            break;
+        }
+    assert_true(dht > 0);
+    unsigned char bad[sizeof BLUE_JPEG];
+    memcpy(bad, BLUE_JPEG, sizeof bad);
+    bad[dht + 5 + 14] = 200; /* code-length counts of the first table: 200 + 200 + the rest > 256 */
+    bad[dht + 5 + 15] = 200;
+    write_bytes("jpeg/bad.jpg", bad, sizeof bad);
+    assert_int_equal(tsr_import_decode_image(tpath("jpeg/bad.jpg"), 4, 3, 0, px, msg, sizeof msg), -1);
+    assert_non_null(strstr(msg, "jpeg/bad.jpg"));
+    assert_non_null(strstr(msg, "Huffman table"));
+    assert_non_null(strstr(msg, "at most 256"));
+
+    /* a COM segment right after SOI holding FF C4 and a would-be table of 512 codes: still decoded */
+    unsigned char com[sizeof BLUE_JPEG + 26];
+    const unsigned char seg[26] = {0xFF, 0xFE, 0x00, 24, 0xFF, 0xC4, 0x00, 20, 0x00, 0, 0, 0, 0,
+                                   0,    0,    0,    0,  0,    0,    0,    0,  0,    0, 0, 0xFF, 0xFF};
+    memcpy(com, BLUE_JPEG, 2);
+    memcpy(com + 2, seg, sizeof seg);
+    com[2 + 4 + 4 + 1 + 14] = 0xFF; /* counts 15 and 16 of the fake table: 510 codes */
+    com[2 + 4 + 4 + 1 + 15] = 0xFF;
+    memcpy(com + 2 + sizeof seg, BLUE_JPEG + 2, sizeof BLUE_JPEG - 2);
+    write_bytes("jpeg/comment.jpg", com, sizeof com);
+    assert_int_equal(tsr_import_decode_image(tpath("jpeg/comment.jpg"), 4, 3, 0, px, msg, sizeof msg), 0);
+    check_solid(px, 4, 3, BLUE, 3);
+}
+
 static void test_bad_arguments(void **state) {
     (void)state;
     char out[600];
@@ -530,7 +573,7 @@ int main(void) {
         cmocka_unit_test(test_resize_geometry), cmocka_unit_test(test_resize_squash),
         cmocka_unit_test(test_folder_splits),
         cmocka_unit_test(test_list_file),       cmocka_unit_test(test_corrupt_image),
-        cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_bad_arguments),   cmocka_unit_test(test_jpeg_huffman_guard),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

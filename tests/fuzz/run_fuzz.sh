@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # One bounded libFuzzer run: run_fuzz.sh FUZZER CORPUS_DIR SECONDS [WORK_DIR]
+# FUZZ_RUNS=N (environment): stop after N executions instead (SECONDS still bounds it); a campaign.
 # Fuzzes from a copy of the committed seed corpus (the source tree is not written), for SECONDS of wall time,
 # under the fuzzer's own limits (2 GiB RSS, 10 s per input); prints the executions and coverage at the end.
 # A crash leaves crash-* / leak-* / timeout-* files in WORK_DIR (default: a temporary directory, kept then)
@@ -13,7 +14,9 @@ cd "$work"
 # HDF5 and Open MPI keep allocations for the process's life: leaks are detected in tessera's unit tests instead
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:symbolize=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 set +e
-"$fz" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
+runs=()
+[ -n "${FUZZ_RUNS:-}" ] && runs=(-runs="$FUZZ_RUNS")
+"$fz" -max_total_time="$secs" "${runs[@]}" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
       -artifact_prefix="$work/" corpus > log.txt 2>&1
 rc=$?
 set -e

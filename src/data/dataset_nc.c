@@ -363,10 +363,17 @@ static int probed_index(const struct stat *st) {
 }
 
 int tsr_nc_probe(const char *path, int (*check)(const char *path)) {
-    const char *off = getenv("TESSERA_NC_CHECK");
-    if (in_probe_child || (off && strcmp(off, "0") == 0)) return 0;
+    if (in_probe_child) return 0;
     struct stat st;
     int have_st = stat(path, &st) == 0;
+    /* only a regular file: opening a FIFO blocks until something writes to it (the job hung there), and a
+     * directory was reported as "Unknown file format" */
+    if (have_st && !S_ISREG(st.st_mode))
+        return tsr_error("%s: not a regular file (%s): a dataset or suite is a netCDF file", path,
+                         S_ISDIR(st.st_mode) ? "a directory" : S_ISFIFO(st.st_mode) ? "a FIFO" :
+                         S_ISSOCK(st.st_mode) ? "a socket" : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device" : "not a file");
+    const char *off = getenv("TESSERA_NC_CHECK");
+    if (off && strcmp(off, "0") == 0) return 0;
     if (have_st && probed_index(&st) >= 0) return 0;
     int rc = probe_fork(path, check);
     if (rc == 0 && have_st) {

@@ -134,7 +134,8 @@ void tsr_nc_tune_chunk_cache(int ncid, int varid);
  * the netCDF/HDF5 library (signal ...) ...; refusing the file" when the child died by a signal (HDF5 can
  * crash on a corrupt file instead of returning an error). Inside the child, and when TESSERA_NC_CHECK=0 or
  * fork fails (a warning), nothing is checked and 0 is returned. Tests: TESSERA_FAULT_NC_CHILD_SIGNAL=N
- * makes the child raise signal N. */
+ * makes the child raise signal N. A path that is not a regular file (a directory, a FIFO, which would block
+ * the open, a device) is refused first, with or without TESSERA_NC_CHECK. */
 int tsr_nc_probe(const char *path, int (*check)(const char *path));
 /* tsr_nc_dataset_open without the probe (for an opener that already probed the file). */
 int tsr_nc_dataset_open_unprobed(tsr_nc_dataset *d, const char *path);

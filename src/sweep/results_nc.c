@@ -6,6 +6,7 @@
  * completion attributes are collective. No compression: HDF5 applies filters only to collective writes. */
 #include "sweep/results_nc.h"
 
+#include <errno.h>
 #include <math.h>
 #include <netcdf.h>
 #include <stdio.h>
@@ -17,10 +18,19 @@
 #include "dist/parallel.h"
 
 static const char *cur_path = "";
+/* netCDF reports a failed write as "NetCDF: HDF error"; the system's reason (a full disk, a quota) is left in
+ * errno by the write that failed, so a call's errno is named when it says that storage failed. */
+static const char *storage_errno(int e) {
+    return e == ENOSPC || e == EDQUOT || e == EFBIG || e == EIO ? strerror(e) : NULL;
+}
 #define NC(call)                                                                                          \
     do {                                                                                                  \
+        errno = 0;                                                                                        \
         int e_ = (call);                                                                                  \
-        if (e_ != NC_NOERR) return tsr_error("%s: %s (%s:%d)", cur_path, nc_strerror(e_), __FILE__, __LINE__); \
+        const char *s_ = e_ != NC_NOERR ? storage_errno(errno) : NULL;                                    \
+        if (e_ != NC_NOERR)                                                                               \
+            return tsr_error("%s: %s%s%s (%s:%d)", cur_path, nc_strerror(e_), s_ ? ": " : "", s_ ? s_ : "", \
+                             __FILE__, __LINE__);                                                         \
     } while (0)
 
 static int def_names(int ncid, const char *dim, int n, const char *const *names, int *dimid) {

@@ -307,6 +307,7 @@ typedef struct {
     int *jrank;
     entry_id *pending;       /* (np) entries to run, costliest method first */
     tsr_results_file rf;
+    int tmp_made;            /* RESULTS.tmp was created by this run and not renamed: removed at the end */
     char results[1100], tmp[1120], jdir[1120];
     /* the learning-rate selection (fewshot.lr_grid with >= 2 values): G multipliers x the selection's tasks,
      * shots and seeds; per method the mean metric of each multiplier and the chosen one */
@@ -564,6 +565,7 @@ static int results_open(sweep *W) {
                             (int)(sizeof ak / sizeof ak[0]), ak, av,
                             {W->G >= 2 ? W->G : 0, W->grid, W->sel_acc, W->sel_n, W->mult,
                              {lr_eff, lr_eff + W->M, lr_eff + 2 * W->M, lr_eff + 3 * W->M}}};
+    W->tmp_made = 1;
     int fail = tsr_results_create(&W->rf, W->tmp, &L) != 0;
     free(lr_eff);
     if (tsr_dist_fail_together(W->comm, fail, &W->ctx->log)) return -1;
@@ -743,6 +745,8 @@ static int select_lr(sweep *W) {
 
 static void sweep_free(sweep *W) {
     if (W->rf.ncid >= 0) tsr_results_close(&W->rf, 0, 1);
+    /* a results file that failed part-way (a full disk) is not left behind as RESULTS.tmp */
+    if (W->tmp_made && W->me == 0) unlink(W->tmp);
     free(W->pending);
     free(W->eval_steps);
     for (long i = 0; W->jres && i < W->total; i++) tsr_train_result_free(&W->jres[i]);
@@ -815,6 +819,7 @@ int tsr_sweep_run(const tsr_ctx *ctx, const tsr_config *cfg, const char *cfg_tex
         fail = tsr_results_close(&W->rf, ndone, W->total) != 0;
         W->rf.ncid = -1;
         if (!fail && W->me == 0 && tsr_atomic_rename(W->tmp, W->results) != 0) fail = tsr_error_context("fewshot");
+        W->tmp_made = fail;
         if (tsr_dist_fail_together(W->comm, fail, &ctx->log)) goto out;
     }
     INFO("fewshot: %lld entries run in %.1f s (%lld failed)%s; %ld of %ld entries finished; %s%s", (long long)cnt[0],

@@ -318,6 +318,10 @@ typedef struct {
     double *mult;            /* (M) multiplier of the test entries */
     double *sel_acc;         /* (M, G) */
     int *sel_n;              /* (M, G) */
+    /* where an entry's time goes besides training (this rank; summed over ranks for the summary line):
+     * journal writes (safetensors, fsync, rename, fsync of the directory) and results-file puts */
+    long n_journal;
+    double t_journal, t_put;
 } sweep;
 
 #define ERR(...) tsr_logf(&W->ctx->log, TSR_LOG_ERROR, __VA_ARGS__)
@@ -603,11 +607,16 @@ static int run_entry(sweep *W, entry_id id, long i, long np) {
     if (erc == 0) {
         char jp[1600];
         entry_journal(W, id, jp, sizeof jp);
+        double t0 = tsr_time();
         if (journal_write(jp, &r, fp, W->me, etext) != 0) tsr_fatal("fewshot: %s", tsr_last_error());
+        double t1 = tsr_time();
+        W->t_journal += t1 - t0;
+        W->n_journal++;
         if (W->write_file && id.g < 0) {
             tsr_results_entry e;
             to_entry(&r, W->me, &e);
             if (tsr_results_put(&W->rf, id.m, id.t, id.k, id.s, &e) != 0) tsr_fatal("fewshot: %s", tsr_last_error());
+            W->t_put += tsr_time() - t1;
         }
         fprintf(stderr, "tessera: fewshot [rank %d] %s%ld/%ld %-12s %-16s %3ld shots seed %ld%s: test %.4f, best val %.4f "
                 "(step %ld of %ld, test there %.4f), %zu parameters, %.1f s\n", W->me, id.g >= 0 ? "lr-select " : "",
@@ -800,21 +809,29 @@ int tsr_sweep_run(const tsr_ctx *ctx, const tsr_config *cfg, const char *cfg_tex
         W->jres = tsr_calloc((size_t)W->total, sizeof *W->jres);
         W->jrank = tsr_calloc((size_t)W->total, sizeof *W->jrank);
     }
+    double ts0 = tsr_time();
     long nd = scan_phase(W, 0, W->total, W->done, W->jres, W->jrank);
+    double t_scan = tsr_time() - ts0;
     W->pending = tsr_malloc(sizeof(entry_id) * (size_t)W->total);
     W->np = pending_of(W, 0, W->total, W->done, W->pending);
     INFO("fewshot: %d methods x %d tasks x %d shot counts x %d seeds = %ld entries; %ld finished in %s, %ld to run on %d "
          "ranks", W->M, W->T, W->K, W->S, W->total, nd, W->jdir, W->np, W->R);
     W->write_file = o->shard_n == 0;
+    double t_open = tsr_time();
     if (W->write_file && results_open(W) != 0) goto out;
+    t_open = tsr_time() - t_open;
     int64_t cnt[3] = {0, 0, 0};
     double t0 = tsr_time();
     run_entries(W, W->pending, W->np, cnt);
     /* every rank is past the loop: count what is finished, close the file, rename it */
     tsr_dist_allreduce_sum_i64(W->comm, cnt, 3);
+    double t_run = tsr_time() - t0; /* until the last rank finished its last entry */
+    double jt[3] = {(double)W->n_journal, W->t_journal, W->t_put}; /* both phases, summed over ranks */
+    tsr_dist_allreduce_sum_f64(W->comm, jt, 3);
     long ndone = 0;
     for (long i = 0; i < W->total; i++) ndone += W->done[i];
     if (!o->collect) ndone += cnt[0]; /* the journal is the truth: entries of this run are in it now */
+    double t_close = tsr_time();
     if (W->write_file) {
         fail = tsr_results_close(&W->rf, ndone, W->total) != 0;
         W->rf.ncid = -1;
@@ -822,9 +839,20 @@ int tsr_sweep_run(const tsr_ctx *ctx, const tsr_config *cfg, const char *cfg_tex
         W->tmp_made = fail;
         if (tsr_dist_fail_together(W->comm, fail, &ctx->log)) goto out;
     }
+    t_close = tsr_time() - t_close;
     INFO("fewshot: %lld entries run in %.1f s (%lld failed)%s; %ld of %ld entries finished; %s%s", (long long)cnt[0],
          tsr_time() - t0, (long long)cnt[1], cnt[2] ? ", stopped by a signal" : "", ndone, W->total,
          W->write_file ? "results: " : "journal: ", W->write_file ? W->results : W->jdir);
+    /* where the time went besides training (docs/RELIABILITY.md, "Load"): the journal's cost per entry is
+     * the time in journal_write (safetensors, fsync, rename, fsync of the directory) */
+    long nj = (long)jt[0];
+    INFO("fewshot: journal: %ld entries written, %.1f ms in all (summed over ranks), %.3f ms per entry (safetensors "
+         "write, fsync, rename, fsync of the directory); %.3f ms per entry putting its result into the results file",
+         nj, 1e3 * jt[1], nj ? 1e3 * jt[1] / (double)nj : 0.0, nj ? 1e3 * jt[2] / (double)nj : 0.0);
+    INFO("fewshot: timing: journal read (%ld of %ld entries there) %.3f s, results file created%s %.3f s, entries "
+         "%.3f s (%.3f ms per entry, wall), results file closed and renamed %.3f s", nd, W->total, t_scan,
+         nd ? " with the journaled entries copied in" : "", W->write_file ? t_open : 0.0, t_run,
+         cnt[0] ? 1e3 * t_run / (double)cnt[0] : 0.0, W->write_file ? t_close : 0.0);
     rc = cnt[2] ? TSR_EXIT_REQUEUE : cnt[1] ? 1 : 0;
 out:
     sweep_free(W);

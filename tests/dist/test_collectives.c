@@ -1,11 +1,15 @@
 /* test_collectives.c: the collectives of the distribution layer (src/dist/parallel.c) with real ranks.
- * Run under mpiexec with any number of ranks (ctest: 1, 2 and 3). A plain program with its own checks:
- * rank 0 prints "N passed, M failed" (checks summed over all ranks) and every rank exits non-zero when
- * any rank failed a check. Every vector check runs twice: with the default chunk size (one MPI call per
- * collective) and with a small odd chunk (1000 bytes), which drives the chunked / round-based paths; the
- * sizes are n = 0, 1, 7, 1000003 and one size at the edge of a round of the small chunk. Also: a
+ * Run under mpiexec with any number of ranks (ctest: 1, 2, 3 and 8, the last oversubscribed). A plain
+ * program with its own checks: rank 0 prints "N passed, M failed" (checks summed over all ranks) and every
+ * rank exits non-zero when any rank failed a check. Every vector check runs twice: with the default chunk
+ * size (one MPI call per collective) and with a small odd chunk (1000 bytes), which drives the chunked /
+ * round-based paths; the sizes are n = 0, 1, 7, 1000003 and one size at the edge of a round of the small
+ * chunk. Empty slices (n smaller than the rank count: some ranks own no element, the root of a gather may
+ * be one of them) also run through the round-based path, with the smallest chunk (8 bytes). Also: a
  * netCDF-4 file shared by every rank (src/dist/ncpar.c), written independently and read back
- * collectively. */
+ * collectively; and the trainer's task ownership (src/train/sampler.h) at this rank count, where with
+ * fewer tasks than ranks some ranks evaluate no task and with a global batch smaller than the rank
+ * count some ranks compute no slot of a step. */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
 #include <netcdf.h>
@@ -19,6 +23,7 @@
 #include "core/common.h"
 #include "dist/ncpar.h"
 #include "dist/parallel.h"
+#include "train/sampler.h"
 
 static const char *ctx = "";
 #include "mpi_check.h"
@@ -66,6 +71,17 @@ static void test_slices(void) {
             if (len > hi) hi = len;
         }
         CHECK(ok && next == n && hi - lo <= 1, "n=%zu: slices do not tile [0, n) with the first n %% size longer", n);
+        if (n < (size_t)size_) { /* ranks n..size-1 own no element: empty slices at the end */
+            int empty = 0, at_end = 1;
+            for (int r = 0; r < size_; r++) {
+                size_t off, len;
+                tsr_dist_slice(tsr_comm_world(), n, r, &off, &len);
+                if (len == 0) empty++;
+                if ((size_t)r >= n && (len != 0 || off != n)) at_end = 0;
+            }
+            CHECK(empty == size_ - (int)n && at_end, "n=%zu over %d ranks: %d empty slices, expected %d at offset n",
+                  n, size_, empty, size_ - (int)n);
+        }
     }
 }
 
@@ -222,6 +238,90 @@ static void test_max(void) {
     CHECK(tsr_dist_agree_fail(tsr_comm_world(), rank_ == size_ - 1) == 1, "the last rank failed");
 }
 
+/* The trainer's ownership at this rank count (src/train/sampler.h, src/train/trainer.c setup_data): the
+ * global batch is the same as at one rank, every slot is computed by exactly one rank, every task is
+ * evaluated by exactly one rank (its first owner), and with the gradient-example split (task t on rank
+ * t % size) every task by one rank. The cases that matter at many ranks are asserted to occur: fewer tasks
+ * than ranks (ranks that evaluate no task, or own none in the split), a batch smaller than the rank count
+ * (ranks with no slot: they contribute zeros to the sums). Uneven task sizes decide the dealing when
+ * there are at least as many tasks as ranks. */
+static void test_ownership(void) {
+    const int ntasks_list[] = {1, 2, 3, 5, size_, size_ + 3};
+    const int G_list[] = {1, 3, size_ > 1 ? size_ - 1 : 1, 24};
+    int saw_no_eval = 0, saw_no_slot = 0;
+    for (size_t a = 0; a < sizeof ntasks_list / sizeof ntasks_list[0]; a++) {
+        int nt = ntasks_list[a];
+        int64_t *w = malloc(sizeof(int64_t) * (size_t)nt);
+        for (int t = 0; t < nt; t++) w[t] = 3 + (t * 7) % 11; /* uneven task sizes */
+        tsr_sampler sp, one;
+        tsr_sampler_init(&sp, nt, size_, w);
+        tsr_sampler_init(&one, nt, 1, w);
+        for (int t = 0; t < nt; t++) sp.count[t] = one.count[t] = w[t];
+        /* tasks: owners, first owners (evaluation), the split by t % size */
+        ctx = "ownership";
+        int64_t *own = calloc((size_t)3 * nt, sizeof(int64_t));
+        int mine = 0, evals = 0;
+        for (int t = 0; t < nt; t++) {
+            int o = tsr_sampler_owns(&sp, t, rank_), f = tsr_sampler_first_owner(&sp, t) == rank_;
+            CHECK(!f || o, "%d tasks: rank %d is the first owner of task %d but does not own it", nt, rank_, t);
+            own[t] = o, own[nt + t] = f, own[2 * nt + t] = t % size_ == rank_;
+            mine += o, evals += f;
+        }
+        tsr_dist_allreduce_sum_i64(tsr_comm_world(), own, (size_t)3 * nt);
+        int bad = 0;
+        for (int t = 0; t < nt; t++) bad += own[t] < 1 || own[nt + t] != 1 || own[2 * nt + t] != 1;
+        CHECK(bad == 0, "%d tasks over %d ranks: %d tasks without an owner or not evaluated / split exactly once", nt,
+              size_, bad);
+        /* with fewer tasks than ranks every rank shares one task; otherwise every rank owns at least one */
+        CHECK(mine >= 1 && (nt >= size_ || mine == 1), "%d tasks: rank %d owns %d tasks", nt, rank_, mine);
+        int64_t nev[1] = {evals == 0};
+        tsr_dist_allreduce_sum_i64(tsr_comm_world(), nev, 1);
+        CHECK(nev[0] == (nt < size_ ? size_ - nt : 0), "%d tasks over %d ranks: %lld ranks evaluate no task", nt,
+              size_, (long long)nev[0]);
+        saw_no_eval |= nev[0] > 0;
+        free(own);
+        /* slots: the union over ranks is the one-rank batch, each slot once */
+        for (size_t b = 0; b < sizeof G_list / sizeof G_list[0]; b++) {
+            int G = G_list[b];
+            ctx = "ownership: slots";
+            int *task = malloc(sizeof(int) * (size_t)G), *slot = malloc(sizeof(int) * (size_t)G);
+            int *task1 = malloc(sizeof(int) * (size_t)G), *slot1 = malloc(sizeof(int) * (size_t)G);
+            int64_t *ex = malloc(sizeof(int64_t) * (size_t)G), *ex1 = malloc(sizeof(int64_t) * (size_t)G);
+            int64_t *got = malloc(sizeof(int64_t) * (size_t)(3 * G + 1));
+            for (long step = 0; step < 4; step++) {
+                int n = tsr_sampler_local(&sp, 77, step, G, rank_, task, ex, slot);
+                int n1 = tsr_sampler_local(&one, 77, step, G, 0, task1, ex1, slot1);
+                memset(got, 0, sizeof(int64_t) * (size_t)(3 * G + 1));
+                for (int i = 0; i < n; i++) {
+                    got[slot[i]] += 1;
+                    got[G + slot[i]] += task[i] + 1;
+                    got[2 * G + slot[i]] += ex[i] + 1;
+                }
+                got[3 * G] = n == 0; /* ranks without a slot this step */
+                tsr_dist_allreduce_sum_i64(tsr_comm_world(), got, (size_t)(3 * G + 1));
+                int wrong = n1 != G;
+                for (int i = 0; i < n1; i++)
+                    wrong += got[slot1[i]] != 1 || got[G + slot1[i]] != task1[i] + 1 || got[2 * G + slot1[i]] != ex1[i] + 1;
+                CHECK(wrong == 0, "%d tasks, batch %d, step %ld: %d slots differ from the one-rank batch or are not "
+                      "computed exactly once", nt, G, step, wrong);
+                if (G < size_)
+                    CHECK(got[3 * G] >= size_ - G, "%d tasks, batch %d: only %lld of %d ranks without a slot", nt, G,
+                          (long long)got[3 * G], size_);
+                saw_no_slot |= got[3 * G] > 0;
+            }
+            free(task), free(slot), free(task1), free(slot1), free(ex), free(ex1), free(got);
+        }
+        tsr_sampler_free(&sp);
+        tsr_sampler_free(&one);
+        free(w);
+    }
+    ctx = "ownership";
+    if (size_ > 1) {
+        CHECK(saw_no_eval, "no case with a rank that evaluates no task");
+        CHECK(saw_no_slot, "no case with a rank that computes no slot");
+    }
+}
+
 /* A parallel netCDF-4 file: every rank writes its own entry (independent access), then every rank reads
  * all of them back through tsr_ncpar_open (collective access). */
 static void test_ncpar(void) {
@@ -296,6 +396,18 @@ int main(int argc, char **argv) {
             test_bcast(n);
         }
     }
+    /* empty slices (n < ranks) through the direct path and, with the smallest chunk, the round-based one */
+    const size_t chunks_small[2] = {0, 8};
+    const size_t small[4] = {2, 5, size_ > 1 ? (size_t)size_ - 1 : 3, (size_t)size_ + 3};
+    for (int c = 0; c < 2; c++) {
+        tsr_dist_set_chunk_bytes(chunks_small[c]);
+        for (int t = 0; t < 4; t++) {
+            test_allreduce(small[t]);
+            test_sharded(small[t]);
+            test_bcast(small[t]);
+        }
+    }
+    test_ownership();
     tsr_dist_set_chunk_bytes(0);
     ctx = "chunk";
     CHECK(tsr_dist_chunk_bytes() == (size_t)256 << 20, "default chunk %zu", tsr_dist_chunk_bytes());

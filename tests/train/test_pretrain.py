@@ -1,7 +1,10 @@
 #!/usr/bin/python3
 """Distributed training (`tessera pretrain` under mpirun, real ranks):
-- rank-count equivalence: the same global batch at 1, 2 and 3 ranks (3: uneven partitions, more ranks
-  than cores) and with more ranks than tasks reaches the same parameters (max abs difference <= TOL);
+- rank-count equivalence: the same global batch at 1, 2, 3 and 8 ranks (3: uneven partitions, more ranks
+  than cores; 8 over 4 tasks: every task shared by two ranks, ranks 4-7 evaluate no task, the optimizer's
+  slices leave ranks 1-7 no value of the head) and with more ranks than tasks (3 over 2 tasks; 8 over 2
+  tasks with a global batch of 6, so that every step some ranks compute no example) reaches the same
+  parameters (max abs difference <= TOL);
 - bitwise repeat: the same run twice gives identical parameters;
 - kill and resume: a run killed with SIGKILL after a checkpoint and resumed with --resume ends bitwise
   identical to an uninterrupted run;
@@ -66,16 +69,46 @@ def maxdiff(p, q):
     return max(float(np.max(np.abs(p[k] - q[k]))) if p[k].size else 0.0 for k in p)
 
 
+def slice_of(n, p, r):
+    """tsr_dist_slice: (offset, length) of rank r's slice of n values over p ranks."""
+    q, m = divmod(n, p)
+    return r * q + min(r, m), q + (1 if r < m else 0)
+
+
+def many_ranks_cases(log, out, R):
+    """What rank 0's log and the outputs say about a run at R ranks: (tasks, ranks that evaluate no task,
+    ranks whose optimizer slice holds no value of the head). With fewer tasks than ranks, task t is shared by
+    the ranks r with r % tasks == t and evaluated by its first owner, rank t (src/train/sampler.h; checked at
+    8 ranks by test_collectives), so ranks tasks..R-1 evaluate none. The sharded optimizer's flat vector is
+    the head, then the adapters (trainer.c setup_sync)."""
+    import re
+    d = re.search(r"data: .*: (\d+) tasks .* (\d+) ranks \(rank 0 owns (\d+) tasks\)", log)
+    o = re.search(r"optimizer: sharded over (\d+) ranks \(rank 0 updates (\d+) of (\d+) values\)", log)
+    if not d or not o or int(d.group(2)) != R or int(o.group(1)) != R:
+        return None
+    nt, n = int(d.group(1)), int(o.group(3))
+    p = params(out)
+    head = sum(v.size for k, v in p.items() if k.startswith("m.head"))
+    adapters = sum(v.size for k, v in p.items() if k.startswith("a."))
+    if head + adapters != n or slice_of(n, R, 0)[1] != int(o.group(2)):
+        return None
+    no_eval = [r for r in range(R) if r >= nt]
+    no_head = [r for r in range(R) if slice_of(n, R, r)[0] >= head]
+    return nt, no_eval, no_head
+
+
 def main():
     exe, src, mpiexec = sys.argv[1], sys.argv[2], sys.argv[3]
     with tempfile.TemporaryDirectory() as tmp:
-        # 1. rank-count equivalence (4 tasks), and more ranks than tasks (2 tasks, 3 ranks)
+        # 1. rank-count equivalence (4 tasks), and more ranks than tasks (2 tasks, 3 ranks; 2 tasks, 8 ranks)
         steps = ["train.steps=10", "data.tasks=4"]
         ref = None
-        for n in (1, 2, 3):
+        for n in (1, 2, 3, 8):
             out = os.path.join(tmp, f"eq{n}")
+            t0 = time.time()
             r = run(cmd(exe, mpiexec, n, src, out, steps))
-            check(r.returncode == 0, f"{n} rank(s): exit 0" + ("" if r.returncode == 0 else r.stderr[-800:]))
+            check(r.returncode == 0, f"{n} rank(s): exit 0 ({time.time() - t0:.1f} s)" +
+                  ("" if r.returncode == 0 else r.stderr[-800:]))
             if r.returncode:
                 continue
             p = params(out)
@@ -84,6 +117,11 @@ def main():
             else:
                 d = maxdiff(ref, p)
                 check(d <= TOL, f"{n} ranks vs 1 rank after 10 steps: max abs parameter difference {d:.2e} <= {TOL}")
+            if n == 8:
+                got = many_ranks_cases(r.stdout, out, 8)
+                check(got is not None and got[1] == [4, 5, 6, 7] and len(got[2]) >= 1,
+                      f"8 ranks over 4 tasks: ranks that evaluate no task {got[1] if got else None}, ranks whose "
+                      f"optimizer slice holds no head value {got[2] if got else None}")
         oar = os.path.join(tmp, "allreduce2")
         r = run(cmd(exe, mpiexec, 2, src, oar, steps + ["train.sync=allreduce"]))
         d = maxdiff(ref, params(oar)) if r.returncode == 0 and ref else float("inf")
@@ -94,6 +132,22 @@ def main():
         ok = r1.returncode == 0 and r3.returncode == 0
         d = maxdiff(params(o1), params(o3)) if ok else float("inf")
         check(ok and d <= TOL, f"3 ranks over 2 tasks (ranks share a task) vs 1 rank: max abs difference {d:.2e}")
+        # 8 ranks over 2 tasks, global batch 6: each task shared by 4 ranks, at least 2 ranks compute no example
+        # in every step (their gradients are zeros in the sums), ranks 2-7 evaluate no task
+        tiny = ["train.steps=10", "data.tasks=2", "train.batch_size=6"]
+        o1, o8 = os.path.join(tmp, "tiny1"), os.path.join(tmp, "tiny8")
+        t0 = time.time()
+        r8 = run(cmd(exe, mpiexec, 8, src, o8, tiny))
+        t8 = time.time() - t0
+        r1 = run(cmd(exe, mpiexec, 1, src, o1, tiny))
+        ok = r1.returncode == 0 and r8.returncode == 0
+        d = maxdiff(params(o1), params(o8)) if ok else float("inf")
+        check(ok and d <= TOL, f"8 ranks over 2 tasks with a global batch of 6 vs 1 rank: max abs difference {d:.2e} "
+              f"({t8:.1f} s at 8 ranks)" + ("" if ok else (r8.stderr[-800:] + r1.stderr[-800:])))
+        got = many_ranks_cases(r8.stdout, o8, 8) if ok else None
+        check(got is not None and got[0] == 2 and got[1] == [2, 3, 4, 5, 6, 7] and len(got[2]) >= 1,
+              f"and there ranks {got[1] if got else None} evaluate no task, 6 examples per step leave at least 2 of "
+              f"8 ranks without one, ranks {got[2] if got else None} update no head value")
         # 2. bitwise repeat at 2 ranks
         oa, ob = os.path.join(tmp, "rep_a"), os.path.join(tmp, "rep_b")
         ra, rb = run(cmd(exe, mpiexec, 2, src, oa, steps)), run(cmd(exe, mpiexec, 2, src, ob, steps))

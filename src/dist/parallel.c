@@ -436,6 +436,17 @@ long tsr_dist_counter_next(tsr_dist_counter *c) {
     return old;
 }
 
+void tsr_dist_counter_add(tsr_dist_counter *c, long n) {
+    if (!c->remote) {
+        c->local += n;
+        return;
+    }
+    long old = 0;
+    MPI_CALL(MPI_Win_lock, MPI_LOCK_SHARED, 0, 0, c->win);
+    MPI_CALL(MPI_Fetch_and_op, &n, &old, MPI_LONG, 0, 0, MPI_SUM, c->win);
+    MPI_CALL(MPI_Win_unlock, 0, c->win);
+}
+
 void tsr_dist_counter_free(tsr_dist_counter *c) {
     if (!c) return;
     if (c->remote) MPI_CALL(MPI_Win_free, &c->win);

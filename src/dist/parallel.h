@@ -116,6 +116,9 @@ int tsr_dist_stop_requested(const tsr_comm *c);
 typedef struct tsr_dist_counter tsr_dist_counter;
 tsr_dist_counter *tsr_dist_counter_create(long start);
 long tsr_dist_counter_next(tsr_dist_counter *c); /* returns the counter and adds 1, atomically */
+/* Adds n (atomically): a rank that must stop the work pushes the counter past the last item, so every rank
+ * leaves its loop after its current item. */
+void tsr_dist_counter_add(tsr_dist_counter *c, long n);
 void tsr_dist_counter_free(tsr_dist_counter *c);
 
 /* Whether this rank got a stop signal (no communication). */

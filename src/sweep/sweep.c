@@ -308,6 +308,8 @@ typedef struct {
     entry_id *pending;       /* (np) entries to run, costliest method first */
     tsr_results_file rf;
     int tmp_made;            /* RESULTS.tmp was created by this run and not renamed: removed at the end */
+    int write_failed;        /* a journal or results-file write of an entry failed here (write_fail: why) */
+    char write_fail[1024];
     char results[1100], tmp[1120], jdir[1120];
     /* the learning-rate selection (fewshot.lr_grid with >= 2 values): G multipliers x the selection's tasks,
      * shots and seeds; per method the mean metric of each multiplier and the chosen one */
@@ -583,9 +585,15 @@ static int results_open(sweep *W) {
     return tsr_dist_fail_together(W->comm, fail, &W->ctx->log) ? -1 : 0;
 }
 
+static void note_write_failure(sweep *W) {
+    snprintf(W->write_fail, sizeof W->write_fail, "%s", tsr_last_error());
+    W->write_failed = 1;
+}
+
 /* One entry on this rank alone: its configuration, the trainer, the journal and (test entries) the file.
- * Returns 0, 1 (failed, reported) or TSR_EXIT_REQUEUE. A failing journal or file write is fatal for the
- * job (every rank is stopped by tsr_fatal's abort hook) since ranks are not at a common point here. */
+ * Returns 0, 1 (failed, reported) or TSR_EXIT_REQUEUE. A failing journal or file write (a full disk) is
+ * recorded in W->write_fail and returns 1: the loop stops every rank after its current entry and the ranks
+ * then fail together (entry_writes_failed), each saying why. */
 static int run_entry(sweep *W, entry_id id, long i, long np) {
     const method_spec *mm = &W->ms[id.m];
     const char *task;
@@ -608,14 +616,24 @@ static int run_entry(sweep *W, entry_id id, long i, long np) {
         char jp[1600];
         entry_journal(W, id, jp, sizeof jp);
         double t0 = tsr_time();
-        if (journal_write(jp, &r, fp, W->me, etext) != 0) tsr_fatal("fewshot: %s", tsr_last_error());
+        if (journal_write(jp, &r, fp, W->me, etext) != 0) {
+            note_write_failure(W);
+            tsr_train_result_free(&r);
+            free(etext);
+            return 1;
+        }
         double t1 = tsr_time();
         W->t_journal += t1 - t0;
         W->n_journal++;
         if (W->write_file && id.g < 0) {
             tsr_results_entry e;
             to_entry(&r, W->me, &e);
-            if (tsr_results_put(&W->rf, id.m, id.t, id.k, id.s, &e) != 0) tsr_fatal("fewshot: %s", tsr_last_error());
+            if (tsr_results_put(&W->rf, id.m, id.t, id.k, id.s, &e) != 0) {
+                note_write_failure(W);
+                tsr_train_result_free(&r);
+                free(etext);
+                return 1;
+            }
             W->t_put += tsr_time() - t1;
         }
         fprintf(stderr, "tessera: fewshot [rank %d] %s%ld/%ld %-12s %-16s %3ld shots seed %ld%s: test %.4f, best val %.4f "
@@ -631,6 +649,13 @@ static int run_entry(sweep *W, entry_id id, long i, long np) {
     return erc == 0 ? 0 : erc == TSR_EXIT_REQUEUE ? TSR_EXIT_REQUEUE : 1;
 }
 
+/* After the loop: a journal or results-file write failed on some rank (a full disk): every rank returns 1,
+ * the failing one with its message, the others naming it (collective). The entries journaled before stay. */
+static int entry_writes_failed(sweep *W) {
+    if (W->write_failed) tsr_error("fewshot: %s", W->write_fail);
+    return tsr_dist_fail_together(W->comm, W->write_failed, &W->ctx->log);
+}
+
 /* The dynamic loop over a list of entries: drawn from a shared counter until none is left or a stop signal
  * came. cnt: entries run, failed, ranks stopped. */
 static void run_entries(sweep *W, const entry_id *list, long np, int64_t cnt[3]) {
@@ -644,6 +669,10 @@ static void run_entries(sweep *W, const entry_id *list, long np, int64_t cnt[3])
         long i = tsr_dist_counter_next(counter);
         if (i >= np) break;
         int erc = run_entry(W, list[i], i, np);
+        if (W->write_failed) { /* no rank starts another entry: push the counter past the end */
+            tsr_dist_counter_add(counter, np);
+            break;
+        }
         if (erc == TSR_EXIT_REQUEUE) {
             cnt[2] = 1;
             break;
@@ -671,6 +700,11 @@ static int select_lr(sweep *W) {
     int64_t cnt[3] = {0, 0, 0};
     double t0 = tsr_time();
     run_entries(W, list, np, cnt);
+    if (entry_writes_failed(W)) {
+        free(list);
+        free(done);
+        return 1;
+    }
     tsr_dist_allreduce_sum_i64(W->comm, cnt, 3);
     free(list);
     if (cnt[0] || cnt[1] || cnt[2])
@@ -823,6 +857,7 @@ int tsr_sweep_run(const tsr_ctx *ctx, const tsr_config *cfg, const char *cfg_tex
     int64_t cnt[3] = {0, 0, 0};
     double t0 = tsr_time();
     run_entries(W, W->pending, W->np, cnt);
+    if (entry_writes_failed(W)) goto out;
     /* every rank is past the loop: count what is finished, close the file, rename it */
     tsr_dist_allreduce_sum_i64(W->comm, cnt, 3);
     double t_run = tsr_time() - t0; /* until the last rank finished its last entry */

@@ -8,7 +8,8 @@
    temporary `<entry>.tmp.<dead pid>`: the rerun says the entry is damaged, names it, runs exactly it, and
    the results are the same;
 4. disk full on a small tmpfs (skipped, exit 77, when it cannot be mounted): (a) the sweep's journal:
-   the job ends non-zero saying "No space left on device" and naming the file, the entries written before
+   every rank ends non-zero by itself (the failing one saying "No space left on device" and naming the
+   file, the others naming it; no MPI_Abort), the entries written before
    verify, no temporary stays; after freeing, the rerun gives the same results; (b) the results file
    (--collect): every rank says what failed, the earlier results.nc is byte-identical, no RESULTS.tmp
    stays; after freeing, --collect writes the right file; (c) a checkpoint during pretrain: every rank
@@ -312,12 +313,13 @@ def main():
                   f"{len(nj)} entries journaled")
             lines = no_space_error(errs, mnt)
             check(len(lines) >= 1, "(a) the error names the file and the full disk: " + (lines[0] if lines else errs[-800:]))
-            # a failed journal write ends the job through MPI_Abort (ranks are not at a common point while entries
-            # run, sweep.c run_entry): the other ranks are stopped by mpirun and print nothing of their own
+            # a failed journal write stops every rank after its current entry, and the ranks fail together
+            # (sweep.c entry_writes_failed): each rank says why, nobody is killed by MPI_Abort
             quiet = [r for r in range(2) if "tessera: error" not in read(os.path.join(logs, f"err.{r}"))]
-            print(f"note  (a) ranks without an error line of their own (stopped by MPI_Abort): {quiet}; "
-                  f"mpirun: {'MPI_ABORT was invoked' in o}; RESULTS.tmp left: "
-                  f"{os.path.exists(os.path.join(out, 'results.nc.tmp'))}", flush=True)
+            check(not quiet and "MPI_ABORT" not in o,
+                  f"(a) every rank prints an error of its own (ranks without one: {quiet}; MPI_ABORT in mpirun's "
+                  f"output: {'MPI_ABORT' in o})")
+            check(not os.path.exists(os.path.join(out, "results.nc.tmp")), "(a) no results.nc.tmp stays behind")
             bad = []
             for e in nj:
                 try:

@@ -4,12 +4,46 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/common.h"
+
+/* Fault injection for tests (test_faults): TESSERA_FAULT_KILL_WRITE=SUBSTRING[#K] makes this process kill
+ * itself with SIGKILL at the K-th (default 1st) file write whose final path contains SUBSTRING (ends with it:
+ * SUBSTRING$): an atomic
+ * write is killed halfway (the temporary cut to half its bytes, not renamed), a rename of a finished
+ * temporary (a checkpoint directory, the few-shot results file) just before the rename. It stands for a
+ * node lost or a job killed at the worst moment. */
+static void fault_kill_point(const char *path, FILE *half) {
+    const char *spec = getenv("TESSERA_FAULT_KILL_WRITE");
+    if (!spec || !spec[0]) return;
+    char sub[512];
+    snprintf(sub, sizeof sub, "%s", spec);
+    long k = 1;
+    char *hash = strrchr(sub, '#');
+    if (hash) {
+        *hash = 0;
+        k = strtol(hash + 1, NULL, 10);
+    }
+    size_t ls = strlen(sub), lp = strlen(path);
+    int at_end = ls > 0 && sub[ls - 1] == '$'; /* SUBSTRING$: the path ends with it */
+    if (at_end) sub[--ls] = 0;
+    int match = at_end ? lp >= ls && strcmp(path + lp - ls, sub) == 0 : strstr(path, sub) != NULL;
+    static long seen = 0;
+    if (!match || ++seen != k) return;
+    if (half) {
+        fflush(half);
+        struct stat st;
+        if (fstat(fileno(half), &st) == 0 && ftruncate(fileno(half), st.st_size / 2) != 0) {}
+    }
+    fprintf(stderr, "tessera: fault injection: SIGKILL at %s of %s\n", half ? "the write" : "the rename", path);
+    raise(SIGKILL);
+}
 
 /* A filesystem that cannot fsync a directory (or this kind of file) says so with one of these. */
 static int fsync_unsupported(int e) { return e == EINVAL || e == ENOTSUP || e == EOPNOTSUPP; }
@@ -97,6 +131,7 @@ int tsr_atomic_commit(tsr_atomic *a) {
     int e = 0;
     int earlier = ferror(a->fp) || a->err;
     errno = 0;
+    fault_kill_point(a->path, a->fp);
     if (fflush(a->fp) != 0 || earlier) {
         e = a->err ? a->err : errno ? errno : EIO; /* EIO: a write on the stream failed, reason unknown */
         what = "write to";
@@ -150,6 +185,7 @@ int tsr_atomic_rename(const char *tmp, const char *path) {
         return tsr_error("%s: fsync of temporary %s failed (%s)", path, tmp, strerror(e));
     }
     close(fd);
+    fault_kill_point(path, NULL);
     if (rename(tmp, path) != 0) return tsr_error("%s: cannot rename %s to it (%s)", path, tmp, strerror(errno));
     char d1[4200], d2[4200];
     if (parent_of(path, d1, sizeof d1) != 0 || tsr_fsync_dir(d1) != 0)

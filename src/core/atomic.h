@@ -53,6 +53,8 @@ void tsr_atomic_abort(tsr_atomic *a);
  * the caller to remove or keep (a sweep's results may be worth keeping). Renaming a directory over a
  * non-empty directory fails (rename(2)). */
 int tsr_atomic_rename(const char *tmp, const char *path);
+/* Tests: TESSERA_FAULT_KILL_WRITE=SUBSTRING[$][#K] kills the process (SIGKILL) at its K-th commit or rename
+ * of a path containing (with $: ending with) SUBSTRING (an atomic write's temporary cut to half first). */
 
 /* fsync a directory, so that entries created, renamed or removed in it are on disk. A filesystem that
  * cannot sync directories (EINVAL, ENOTSUP) is not an error. */

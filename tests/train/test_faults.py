@@ -15,7 +15,12 @@
    stays; after freeing, --collect writes the right file; (c) a checkpoint during pretrain: every rank
    says what failed, the earlier checkpoints verify, --resume after freeing ends bitwise equal;
 5. the suite on rank 1 only is a directory, an empty file or a FIFO: every rank exits non-zero by itself
-   (mpirun told not to kill the others) with rank 1's message.
+   (mpirun told not to kill the others) with rank 1's message;
+6. a rank killed at the worst moment, by tessera's own fault point (TESSERA_FAULT_KILL_WRITE, atomic.c):
+   inside the write of a checkpoint's state and at the rename of the checkpoint directory (--resume starts
+   from the previous checkpoint and ends bitwise equal, no temporary left), inside the write of a journal
+   entry (its half-written temporary stays; the rerun completes with equal results) and at the rename of
+   results.nc (the rerun publishes the same file, no results.nc.tmp left).
 Every job is bounded (JOB_TIMEOUT); a job still running then has hung: its process group is killed and
 the check fails. One line per case with its outcome and seconds; exit 1 on any failure.
 
@@ -64,6 +69,14 @@ def wrap(logs, argv, exec_=False):
           'echo $$ >"$d/pid.$r"; exec "$@" >"$d/out.$r" 2>"$d/err.$r"' if exec_ else
           '"$@" >"$d/out.$r" 2>"$d/err.$r"; s=$?; echo $s >"$d/status.$r"; exit $s'))
     return ["/bin/sh", "-c", sh, "rank", logs] + list(argv)
+
+
+def wrap_fault(logs, argv, rank, spec):
+    """argv per rank as wrap() (logs/err.R, status.R), rank `rank` with TESSERA_FAULT_KILL_WRITE=spec."""
+    sh = ('r=${OMPI_COMM_WORLD_RANK:-x}; d=$1; f=$2; k=$3; shift 3; '
+          'if [ "$r" = "$k" ]; then export TESSERA_FAULT_KILL_WRITE="$f"; fi; '
+          '"$@" >"$d/out.$r" 2>"$d/err.$r"; s=$?; echo $s >"$d/status.$r"; exit $s')
+    return ["/bin/sh", "-c", sh, "rank", logs, spec, str(rank)] + list(argv)
 
 
 def start(argv, env=ENV):
@@ -290,6 +303,50 @@ def main():
                 check(not os.path.exists(stale) or os.path.getsize(stale) == size // 3,
                       f"the stale temporary {os.path.basename(stale)} is ignored or removed")
 
+        def killed_at_the_worst_moment():
+            # tessera's own fault point (atomic.c, TESSERA_FAULT_KILL_WRITE): the rank kills itself with SIGKILL in
+            # the middle of a file write (the temporary cut to half) or just before the rename that publishes it
+            def killed_job(name, argv, rank, spec):
+                logs = os.path.join(tmp, name + "_logs")
+                os.makedirs(logs)
+                rc, dt, o = finish(start(mpi + ["-n", "2"] + wrap_fault(logs, argv, rank, spec)), JOB_TIMEOUT)
+                hit = [l for l in read(os.path.join(logs, f"err.{rank}")).splitlines() if "fault injection" in l]
+                check(rc is not None and rc != 0 and len(hit) == 1,
+                      f"{name}: rank {rank} killed itself ({hit[0].split(': ', 2)[-1] if hit else 'no fault point hit'}); "
+                      f"the job ends in {dt:.1f} s with status {rc}")
+                return rc
+            # pretrain: inside the write of checkpoint 20's state (rank 0 writes it), then at its rename
+            for name, spec in (("c6_ckpt_write", "step-00000020.tmp/state.safetensors"),
+                               ("c6_ckpt_rename", "checkpoints/step-00000020$")):
+                out = os.path.join(tmp, name)
+                killed_job(name, pretrain(out), 0, spec)
+                ck = os.path.join(out, "checkpoints")
+                check(os.path.isdir(os.path.join(ck, "step-00000020.tmp"))
+                      and not os.path.exists(os.path.join(ck, "step-00000020")),
+                      f"{name}: step 20 stays a temporary (step-00000020.tmp), never a checkpoint")
+                rc, o = job(mpi + ["-n", "2"] + pretrain(out, resume=True))
+                check(rc == 0 and "resume: from the checkpoint of step 10" in o,
+                      f"{name}: --resume starts from step 10" + ("" if rc == 0 else o[-1500:]))
+                check(rc == 0 and same_tensors(ref_model, os.path.join(out, "model.safetensors"))
+                      and not temporaries(out), f"{name}: resumed == uninterrupted, bit for bit, no temporary left: "
+                      + ", ".join(temporaries(out)))
+            # sweep: rank 1 inside the write of its third journal entry; rank 0 at the rename of results.nc
+            for name, rank, spec in (("c6_journal_write", 1, ".entries/#3"), ("c6_results_rename", 0, "results.nc$")):
+                out = os.path.join(tmp, name)
+                killed_job(name, fewshot(out), rank, spec)
+                res = os.path.join(out, "results.nc")
+                check(not os.path.exists(res), f"{name}: no results.nc")
+                if name == "c6_journal_write":
+                    half = glob.glob(os.path.join(out, "results.nc.entries", "*.st.tmp.*"))
+                    check(len(half) == 1, f"{name}: the entry's half-written temporary is there: {half}")
+                else:
+                    check(os.path.exists(res + ".tmp"), f"{name}: the finished but unpublished results.nc.tmp is there")
+                rc, o = job(mpi + ["-n", "2"] + fewshot(out))
+                check(rc == 0 and "damaged" not in o and f"{ne} of {ne} entries finished" in o,
+                      f"{name}: the rerun completes (no entry damaged)" + ("" if rc == 0 else o[-1500:]))
+                check(rc == 0 and same_results(ref_res, res) and not os.path.exists(res + ".tmp"),
+                      f"{name}: results.nc equals the uninterrupted sweep's, no results.nc.tmp left")
+
         def disk_full():
             nonlocal mounted, skipped
             os.makedirs(mnt)
@@ -420,6 +477,8 @@ def main():
         case("2. one rank SIGKILLed during a sweep", one_rank_killed_sweep)
         case("3. torn journal entry + stale temporary", torn_entry)
         case("4. disk full (tmpfs)", disk_full)
+        case("6. killed inside a write / before a rename (checkpoint, journal entry, results file)",
+             killed_at_the_worst_moment)
         case("5. suite unreadable on rank 1 (directory, empty, FIFO)", bad_suite_on_rank1)
     finally:
         if mounted:

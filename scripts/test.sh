@@ -6,7 +6,9 @@
 #               took 431 of CI's 1820 s and checks nothing that test_pretrain / test_fewshot, which run
 #               those binaries under mpirun, do not check for memory errors) and test_peft (Debian's
 #               torch driving tessera's binaries: 48 s in Release, 880 s under the sanitizers; the peft
-#               reader and writer run under them in test_peft_io, element by element and round trips)
+#               reader and writer run under them in test_peft_io, element by element and round trips) and
+#               test_sweep_load (10,000 entries through the entry path that test_fewshot and test_faults run
+#               under the sanitizers; about 70 s in Release, many minutes under them)
 # Needs the packages of scripts/setup.sh. Exits non-zero if any test fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +22,7 @@ if [ "${1:-}" = "--sanitize" ]; then
   export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0"
   export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
   export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-  EXCLUDE=(-E '^(test_slurm|test_peft)$')
+  EXCLUDE=(-E '^(test_slurm|test_peft|test_sweep_load)$')
 else
   BUILD=build
   FLAGS=(-DCMAKE_BUILD_TYPE=Release -DTESSERA_WERROR=ON)

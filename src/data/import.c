@@ -11,6 +11,8 @@
 #include "data/suite.h"
 
 #include <dirent.h>
+#include <setjmp.h>
+#include <stddef.h>
 #include <limits.h>
 #include <errno.h>
 #include <math.h>
@@ -21,6 +23,74 @@
 #include <strings.h>
 #include <sys/stat.h>
 
+/* stb_image's internal checks (STBI_ASSERT) and allocations go through tessera: a check that fails on a
+ * malformed file (Debian's copy asserts in stbi__jpeg_huff_decode on some corrupt progressive JPEGs, found
+ * by fuzz_image; with NDEBUG the assert is gone and the decoder indexes its tables with the bad symbol)
+ * abandons the decode with longjmp instead of aborting or reading on, and every block stb_image allocated
+ * in that decode is freed (each carries a header on a per-thread list). The decode becomes a refusal.
+ * Blocks are zeroed: stb_image allocates its JPEG decoder state with malloc and a scan that uses a Huffman
+ * table the file never defined reads it uninitialised, so what such a file does depended on what the heap
+ * held before (the fuzz_image input in tests/fuzz/regressions/image/stb_jpeg_huff_decode_assert.jpg failed
+ * stb_image's assert only after other inputs); zeroed, it is the same every time. */
+typedef union stb_blk {
+    struct {
+        union stb_blk *prev, *next;
+    } l;
+    max_align_t align;
+} stb_blk;
+static _Thread_local stb_blk *stb_live;  /* blocks stb_image holds on this thread */
+static _Thread_local jmp_buf *stb_jump;  /* set while a decode runs on this thread */
+static _Thread_local const char *stb_failed_check;
+
+static void stb_link(stb_blk *b) {
+    b->l.prev = NULL;
+    b->l.next = stb_live;
+    if (stb_live) stb_live->l.prev = b;
+    stb_live = b;
+}
+static void stb_unlink(stb_blk *b) {
+    if (b->l.prev) b->l.prev->l.next = b->l.next;
+    else stb_live = b->l.next;
+    if (b->l.next) b->l.next->l.prev = b->l.prev;
+}
+static void *stb_malloc(size_t n) {
+    if (n > SIZE_MAX - sizeof(stb_blk)) return NULL;
+    stb_blk *b = calloc(1, sizeof *b + n); /* zeroed: see below */
+    if (!b) return NULL;
+    stb_link(b);
+    return b + 1;
+}
+static void stb_free(void *p) {
+    if (!p) return;
+    stb_blk *b = (stb_blk *)p - 1;
+    stb_unlink(b);
+    free(b);
+}
+static void *stb_realloc(void *p, size_t n) {
+    if (!p) return stb_malloc(n);
+    if (n > SIZE_MAX - sizeof(stb_blk)) return NULL;
+    stb_blk *b = (stb_blk *)p - 1;
+    stb_unlink(b);
+    stb_blk *nb = realloc(b, sizeof *nb + n);
+    if (!nb) {
+        stb_link(b);
+        return NULL;
+    }
+    stb_link(nb);
+    return nb + 1;
+}
+static void stb_free_all(void) {
+    while (stb_live) stb_free(stb_live + 1);
+}
+static void stb_check_failed(const char *what) {
+    if (!stb_jump) abort();
+    stb_failed_check = what;
+    longjmp(*stb_jump, 1);
+}
+#define STBI_ASSERT(x) ((x) ? (void)0 : stb_check_failed(#x))
+#define STBI_MALLOC(n) stb_malloc(n)
+#define STBI_REALLOC(p, n) stb_realloc(p, n)
+#define STBI_FREE(p) stb_free(p)
 #define STB_IMAGE_IMPLEMENTATION
 #define STB_IMAGE_STATIC
 #define STBI_ONLY_JPEG
@@ -669,14 +739,26 @@ int tsr_import_decode_image(const char *path, int size, int C, int mode, uint8_t
         return -1;
     }
     int w = 0, h = 0, nch = 0;
+    jmp_buf jb;
+    stb_jump = &jb;
+    if (setjmp(jb)) { /* a check inside stb_image failed: everything it allocated is freed */
+        stb_jump = NULL;
+        stb_free_all();
+        free(buf);
+        snprintf(msg, mn, "%s: cannot decode image (corrupt: stb_image's check '%.200s' failed)", path,
+                 stb_failed_check);
+        return -1;
+    }
     if (stbi_info_from_memory(buf, (int)n, &w, &h, &nch) && w > 0 && h > 0 &&
         (size_t)w * (size_t)h > TSR_IMAGE_MAX_PIXELS) {
+        stb_jump = NULL;
         free(buf);
         snprintf(msg, mn, "%s: image of %d x %d pixels is larger than tessera decodes (at most %zu pixels)",
                  path, w, h, TSR_IMAGE_MAX_PIXELS);
         return -1;
     }
     uint8_t *px = stbi_load_from_memory(buf, (int)n, &w, &h, &nch, C);
+    stb_jump = NULL;
     free(buf);
     if (!px) {
         snprintf(msg, mn, "%s: cannot decode image (%s); expected a PNG, JPEG, BMP, GIF, TGA or "

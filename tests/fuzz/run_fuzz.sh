@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One bounded libFuzzer run: run_fuzz.sh FUZZER CORPUS_DIR SECONDS [WORK_DIR]
 # FUZZ_RUNS=N (environment): stop after N executions instead (SECONDS still bounds it); a campaign.
+# FUZZ_ARGS="...": more libFuzzer flags (e.g. "-jobs=16 -workers=16" on a cluster node).
 # Fuzzes from a copy of the committed seed corpus (the source tree is not written), for SECONDS of wall time,
 # under the fuzzer's own limits (2 GiB RSS, 10 s per input); prints the executions and coverage at the end.
 # A crash leaves crash-* / leak-* / timeout-* files in WORK_DIR (default: a temporary directory, kept then)
@@ -16,6 +17,8 @@ export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:symbolize=1" UBSAN_OPTIONS=
 set +e
 runs=()
 [ -n "${FUZZ_RUNS:-}" ] && runs=(-runs="$FUZZ_RUNS")
+# shellcheck disable=SC2206
+[ -n "${FUZZ_ARGS:-}" ] && runs+=(${FUZZ_ARGS})
 "$fz" -max_total_time="$secs" "${runs[@]}" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
       -artifact_prefix="$work/" corpus > log.txt 2>&1
 rc=$?

@@ -692,6 +692,8 @@ static int jpeg_huffman_check(const uint8_t *b, size_t n, char *why, size_t wn) 
 /* stb_image's own limit is 2^24 per side; an image of more than this many pixels is refused before it is
  * decoded (a 4096 x 4096 photo is 2^24; prepare folder makes thumbnails of at most a few hundred pixels) */
 #define TSR_IMAGE_MAX_PIXELS ((size_t)1 << 28)
+static size_t image_max_pixels = TSR_IMAGE_MAX_PIXELS;
+void tsr_import_set_max_pixels(size_t n) { image_max_pixels = n ? n : TSR_IMAGE_MAX_PIXELS; }
 
 /* Decode item path to size x size x C into dst. msg gets the error (naming the file). */
 int tsr_import_decode_image(const char *path, int size, int C, int mode, uint8_t *dst, char *msg, size_t mn) {
@@ -750,11 +752,11 @@ int tsr_import_decode_image(const char *path, int size, int C, int mode, uint8_t
         return -1;
     }
     if (stbi_info_from_memory(buf, (int)n, &w, &h, &nch) && w > 0 && h > 0 &&
-        (size_t)w * (size_t)h > TSR_IMAGE_MAX_PIXELS) {
+        (size_t)w * (size_t)h > image_max_pixels) {
         stb_jump = NULL;
         free(buf);
         snprintf(msg, mn, "%s: image of %d x %d pixels is larger than tessera decodes (at most %zu pixels)",
-                 path, w, h, TSR_IMAGE_MAX_PIXELS);
+                 path, w, h, image_max_pixels);
         return -1;
     }
     uint8_t *px = stbi_load_from_memory(buf, (int)n, &w, &h, &nch, C);

@@ -57,5 +57,8 @@ int tsr_import_folder_resize(const char *src, const char *out_path, int size, in
 /* One image of `prepare folder`: the file at path decoded (PNG, JPEG, BMP, GIF, TGA, PNM through stb_image)
  * and resized to size x size x C (mode: as the resize option of tsr_import_folder_resize) into dst. 0, or -1
  * with the reason, naming the file, in msg (mn bytes). Exposed for the fuzz target (tests/fuzz). */
+/* The largest image decoded, in pixels (default 2^28; larger ones are refused before decoding). The fuzz
+ * target lowers it so that its time goes to many inputs rather than a few huge ones. */
+void tsr_import_set_max_pixels(size_t n);
 int tsr_import_decode_image(const char *path, int size, int C, int mode, uint8_t *dst, char *msg, size_t mn);
 #endif

@@ -3,6 +3,14 @@
 #include "fuzz_util.h"
 #include "data/import.h"
 
+/* at most 2^20 pixels (1024 x 1024): the same decoding paths, without minutes spent on a few huge images */
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+    (void)argc;
+    (void)argv;
+    tsr_import_set_max_pixels((size_t)1 << 20);
+    return 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t n) {
     fuzz_quiet();
     const char *p = fuzz_file("img", ".img", data, n);

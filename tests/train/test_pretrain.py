@@ -103,7 +103,12 @@ def main():
         # 1. rank-count equivalence (4 tasks), and more ranks than tasks (2 tasks, 3 ranks; 2 tasks, 8 ranks)
         steps = ["train.steps=10", "data.tasks=4"]
         ref = None
-        for n in (1, 2, 3, 8):
+        # TSR_TEST_MAX_RANKS (scripts/test.sh --sanitize: 3): the 8-rank cases check partition arithmetic, which
+        # no build changes; the sanitizers see the same code with empty slices at 3 ranks (test_collectives)
+        many = int(os.environ.get("TSR_TEST_MAX_RANKS", "8")) >= 8
+        if not many:
+            print("8-rank cases skipped (TSR_TEST_MAX_RANKS < 8)", flush=True)
+        for n in (1, 2, 3, 8) if many else (1, 2, 3):
             out = os.path.join(tmp, f"eq{n}")
             t0 = time.time()
             r = run(cmd(exe, mpiexec, n, src, out, steps))
@@ -135,19 +140,20 @@ def main():
         # 8 ranks over 2 tasks, global batch 6: each task shared by 4 ranks, at least 2 ranks compute no example
         # in every step (their gradients are zeros in the sums), ranks 2-7 evaluate no task
         tiny = ["train.steps=10", "data.tasks=2", "train.batch_size=6"]
-        o1, o8 = os.path.join(tmp, "tiny1"), os.path.join(tmp, "tiny8")
-        t0 = time.time()
-        r8 = run(cmd(exe, mpiexec, 8, src, o8, tiny))
-        t8 = time.time() - t0
-        r1 = run(cmd(exe, mpiexec, 1, src, o1, tiny))
-        ok = r1.returncode == 0 and r8.returncode == 0
-        d = maxdiff(params(o1), params(o8)) if ok else float("inf")
-        check(ok and d <= TOL, f"8 ranks over 2 tasks with a global batch of 6 vs 1 rank: max abs difference {d:.2e} "
-              f"({t8:.1f} s at 8 ranks)" + ("" if ok else (r8.stderr[-800:] + r1.stderr[-800:])))
-        got = many_ranks_cases(r8.stdout, o8, 8) if ok else None
-        check(got is not None and got[0] == 2 and got[1] == [2, 3, 4, 5, 6, 7] and len(got[2]) >= 1,
-              f"and there ranks {got[1] if got else None} evaluate no task, 6 examples per step leave at least 2 of "
-              f"8 ranks without one, ranks {got[2] if got else None} update no head value")
+        if many:
+            o1, o8 = os.path.join(tmp, "tiny1"), os.path.join(tmp, "tiny8")
+            t0 = time.time()
+            r8 = run(cmd(exe, mpiexec, 8, src, o8, tiny))
+            t8 = time.time() - t0
+            r1 = run(cmd(exe, mpiexec, 1, src, o1, tiny))
+            ok = r1.returncode == 0 and r8.returncode == 0
+            d = maxdiff(params(o1), params(o8)) if ok else float("inf")
+            check(ok and d <= TOL, f"8 ranks over 2 tasks with a global batch of 6 vs 1 rank: max abs difference {d:.2e} "
+                  f"({t8:.1f} s at 8 ranks)" + ("" if ok else (r8.stderr[-800:] + r1.stderr[-800:])))
+            got = many_ranks_cases(r8.stdout, o8, 8) if ok else None
+            check(got is not None and got[0] == 2 and got[1] == [2, 3, 4, 5, 6, 7] and len(got[2]) >= 1,
+                  f"and there ranks {got[1] if got else None} evaluate no task, 6 examples per step leave at least 2 of "
+                  f"8 ranks without one, ranks {got[2] if got else None} update no head value")
         # 2. bitwise repeat at 2 ranks
         oa, ob = os.path.join(tmp, "rep_a"), os.path.join(tmp, "rep_b")
         ra, rb = run(cmd(exe, mpiexec, 2, src, oa, steps)), run(cmd(exe, mpiexec, 2, src, ob, steps))

@@ -689,6 +689,34 @@ static int jpeg_huffman_check(const uint8_t *b, size_t n, char *why, size_t wn) 
     return 0;
 }
 
+/* Debian's stb_image reads a binary PNM header's numbers (width, height, maximum value) into an int without
+ * an overflow check (stbi__pnm_getinteger: signed overflow, undefined behaviour; found by fuzz_image).
+ * pnm_header_check walks the header as stb_image does (whitespace and # comments between the numbers) and
+ * refuses a number over INT_MAX. Returns 0 when the file is safe to hand to stb_image (or not a PNM). */
+static int pnm_space(int c) { return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'; }
+
+static int pnm_header_check(const uint8_t *b, size_t n, char *why, size_t wn) {
+    if (n < 2 || b[0] != 'P' || (b[1] != '5' && b[1] != '6')) return 0;
+    size_t p = 2;
+    for (int k = 0; k < 3; k++) {
+        for (;;) { /* whitespace, then a comment to the end of its line, again */
+            while (p < n && pnm_space(b[p])) p++;
+            if (p >= n || b[p] != '#') break;
+            while (p < n && b[p] != '\n' && b[p] != '\r') p++;
+        }
+        long long v = 0;
+        while (p < n && b[p] >= '0' && b[p] <= '9') {
+            v = v * 10 + (b[p++] - '0');
+            if (v > INT_MAX) {
+                snprintf(why, wn, "corrupt PNM: header number %d (%s) larger than %d", k + 1,
+                         k == 0 ? "width" : k == 1 ? "height" : "maximum value", INT_MAX);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
 /* stb_image's own limit is 2^24 per side; an image of more than this many pixels is refused before it is
  * decoded (a 4096 x 4096 photo is 2^24; prepare folder makes thumbnails of at most a few hundred pixels) */
 #define TSR_IMAGE_MAX_PIXELS ((size_t)1 << 28)
@@ -735,7 +763,7 @@ int tsr_import_decode_image(const char *path, int size, int C, int mode, uint8_t
         return -1;
     }
     char why[160];
-    if (jpeg_huffman_check(buf, n, why, sizeof why)) {
+    if (jpeg_huffman_check(buf, n, why, sizeof why) || pnm_header_check(buf, n, why, sizeof why)) {
         free(buf);
         snprintf(msg, mn, "%s: cannot decode image (%s)", path, why);
         return -1;

@@ -692,7 +692,8 @@ static int jpeg_huffman_check(const uint8_t *b, size_t n, char *why, size_t wn) 
 /* Debian's stb_image reads a binary PNM header's numbers (width, height, maximum value) into an int without
  * an overflow check (stbi__pnm_getinteger: signed overflow, undefined behaviour; found by fuzz_image).
  * pnm_header_check walks the header as stb_image does (whitespace and # comments between the numbers) and
- * refuses a number over INT_MAX. Returns 0 when the file is safe to hand to stb_image (or not a PNM). */
+ * refuses a number over INT_MAX, and a 16-bit PNM (maximum value over 255), whose channel conversion in this
+ * stb_image overruns its buffer. Returns 0 when the file is safe to hand to stb_image (or not a PNM). */
 static int pnm_space(int c) { return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'; }
 
 static int pnm_header_check(const uint8_t *b, size_t n, char *why, size_t wn) {
@@ -712,6 +713,12 @@ static int pnm_header_check(const uint8_t *b, size_t n, char *why, size_t wn) {
                          k == 0 ? "width" : k == 1 ? "height" : "maximum value", INT_MAX);
                 return -1;
             }
+        }
+        if (k == 2 && v > 255) {
+            /* a 16-bit PNM: this stb_image converts its channels with the 8-bit routine, then reads the
+             * result as 16-bit samples, past the end of its buffer (heap overflow; found by fuzz_image) */
+            snprintf(why, wn, "16-bit PNM (maximum value %lld) is not supported: convert it to 8 bits", v);
+            return -1;
         }
     }
     return 0;

@@ -561,6 +561,10 @@ static void test_pnm_header_guard(void **state) {
     assert_int_equal(tsr_import_decode_image(tpath("pnm/bad.pgm"), 4, 1, 0, px, msg, sizeof msg), -1);
     assert_non_null(strstr(msg, "pnm/bad.pgm"));
     assert_non_null(strstr(msg, "corrupt PNM: header number 2 (height)"));
+    const char wide[] = "P6 1 1 256\n\x01\x00\x02\x00\x03\x00";
+    write_bytes("pnm/wide.ppm", wide, sizeof wide - 1);
+    assert_int_equal(tsr_import_decode_image(tpath("pnm/wide.ppm"), 4, 1, 0, px, msg, sizeof msg), -1);
+    assert_non_null(strstr(msg, "16-bit PNM (maximum value 256) is not supported"));
 }
 
 static void test_bad_arguments(void **state) {

@@ -348,6 +348,13 @@ static int validate(tsr_nc_dataset *d, int ncid) {
 
 static int in_probe_child;
 static int probe_fork(const char *path, int (*check)(const char *path));
+#define TSR_NC_PROBE_SECONDS 60
+/* TESSERA_NC_CHECK_SECONDS overrides the limit (tests) */
+static int probe_seconds(void) {
+    const char *e = getenv("TESSERA_NC_CHECK_SECONDS");
+    int v = e ? atoi(e) : 0;
+    return v > 0 ? v : TSR_NC_PROBE_SECONDS;
+}
 /* Files that passed (device, inode, size, modification time): a sweep opens its suite once per entry, and a
  * file that passed and has not changed is not checked again. */
 #define PROBED_MAX 16
@@ -406,6 +413,11 @@ static int probe_fork(const char *path, int (*check)(const char *path)) {
         /* a crash must end the child: handlers of the parent (MPI's, a test framework's) are dropped */
         const int crash[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGSYS, SIGTRAP};
         for (size_t i = 0; i < sizeof crash / sizeof *crash; i++) signal(crash[i], SIG_DFL);
+        /* HDF5 can also loop on a damaged file (a fuzzed dataset kept the check busy for over 10 s): the
+         * check of a file's metadata and labels takes well under a second, so one still running after
+         * TSR_NC_PROBE_SECONDS is ended by SIGALRM and the file refused */
+        signal(SIGALRM, SIG_DFL);
+        alarm((unsigned)probe_seconds());
         const char *sig = getenv("TESSERA_FAULT_NC_CHILD_SIGNAL");
         if (sig && atoi(sig) > 0) raise(atoi(sig));
         int rc = check(path);
@@ -443,6 +455,10 @@ static int probe_fork(const char *path, int (*check)(const char *path)) {
             tsr_warn("%s: the checking process could not be waited for (%s)", path, strerror(errno));
             return 0;
         }
+    if (WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM)
+        return tsr_error("%s: refusing the file: the netCDF/HDF5 library was still opening it after %d s in a "
+                         "separate checking process (it loops on some corrupt files); the file is corrupt (HINT: "
+                         "make it again, or check it with ncdump -h)", path, probe_seconds());
     if (WIFSIGNALED(status)) {
         int sg = WTERMSIG(status);
         return tsr_error("%s: refusing the file: opening it crashed the netCDF/HDF5 library (signal %d, %s) in a "

@@ -585,11 +585,6 @@ static int results_open(sweep *W) {
     return tsr_dist_fail_together(W->comm, fail, &W->ctx->log) ? -1 : 0;
 }
 
-static void note_write_failure(sweep *W) {
-    snprintf(W->write_fail, sizeof W->write_fail, "%s", tsr_last_error());
-    W->write_failed = 1;
-}
-
 /* One entry on this rank alone: its configuration, the trainer, the journal and (test entries) the file.
  * Returns 0, 1 (failed, reported) or TSR_EXIT_REQUEUE. A failing journal or file write (a full disk) is
  * recorded in W->write_fail and returns 1: the loop stops every rank after its current entry and the ranks
@@ -616,24 +611,14 @@ static int run_entry(sweep *W, entry_id id, long i, long np) {
         char jp[1600];
         entry_journal(W, id, jp, sizeof jp);
         double t0 = tsr_time();
-        if (journal_write(jp, &r, fp, W->me, etext) != 0) {
-            note_write_failure(W);
-            tsr_train_result_free(&r);
-            free(etext);
-            return 1;
-        }
+        if (journal_write(jp, &r, fp, W->me, etext) != 0) goto write_failed;
         double t1 = tsr_time();
         W->t_journal += t1 - t0;
         W->n_journal++;
         if (W->write_file && id.g < 0) {
             tsr_results_entry e;
             to_entry(&r, W->me, &e);
-            if (tsr_results_put(&W->rf, id.m, id.t, id.k, id.s, &e) != 0) {
-                note_write_failure(W);
-                tsr_train_result_free(&r);
-                free(etext);
-                return 1;
-            }
+            if (tsr_results_put(&W->rf, id.m, id.t, id.k, id.s, &e) != 0) goto write_failed;
             W->t_put += tsr_time() - t1;
         }
         fprintf(stderr, "tessera: fewshot [rank %d] %s%ld/%ld %-12s %-16s %3ld shots seed %ld%s: test %.4f, best val %.4f "
@@ -647,6 +632,12 @@ static int run_entry(sweep *W, entry_id id, long i, long np) {
     tsr_train_result_free(&r);
     free(etext);
     return erc == 0 ? 0 : erc == TSR_EXIT_REQUEUE ? TSR_EXIT_REQUEUE : 1;
+write_failed:
+    snprintf(W->write_fail, sizeof W->write_fail, "%s", tsr_last_error());
+    W->write_failed = 1;
+    tsr_train_result_free(&r);
+    free(etext);
+    return 1;
 }
 
 /* After the loop: a journal or results-file write failed on some rank (a full disk): every rank returns 1,

@@ -8,6 +8,7 @@
 #include "core/common.h"
 #include "data/dataset_nc.h"
 #include "data/idx.h"
+#include "data/image_decoder.h"
 #include "data/suite.h"
 
 #include <dirent.h>
@@ -22,6 +23,9 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 /* stb_image's internal checks (STBI_ASSERT) and allocations go through tessera: a check that fails on a
  * malformed file (Debian's copy asserts in stbi__jpeg_huff_decode on some corrupt progressive JPEGs, found
@@ -909,6 +913,17 @@ int tsr_import_folder_resize(const char *src, const char *out_path, int size, in
     if (block > n) block = n;
     uint8_t *px = tsr_malloc((size_t)block * img);
     int failed = 0;
+    /* one decoding process per thread (image_decoder.h): stb_image never runs in this process */
+#ifdef _OPENMP
+    const int nthreads = omp_get_max_threads();
+#else
+    const int nthreads = 1;
+#endif
+    tsr_image_decoder **decs = tsr_malloc((size_t)nthreads * sizeof *decs);
+    for (int t = 0; t < nthreads; t++) {
+        decs[t] = tsr_image_decoder_new();
+        tsr_image_decoder_start(decs[t]);
+    }
     for (int64_t b0 = 0; b0 < n && !failed; b0 += block) {
         const int64_t k = n - b0 < block ? n - b0 : block;
         int64_t bad = -1;
@@ -916,8 +931,13 @@ int tsr_import_folder_resize(const char *src, const char *out_path, int size, in
 #pragma omp parallel for schedule(dynamic, 4)
         for (int64_t i = 0; i < k; i++) {
             char msg[2048];
-            if (tsr_import_decode_image(items.v[b0 + i].path, size, channels, resize_mode, px + (size_t)i * img,
-                           msg, sizeof msg) != 0) {
+#ifdef _OPENMP
+            tsr_image_decoder *dec = decs[omp_get_thread_num()];
+#else
+            tsr_image_decoder *dec = decs[0];
+#endif
+            if (tsr_image_decoder_decode(dec, items.v[b0 + i].path, size, channels, resize_mode,
+                                         px + (size_t)i * img, msg, sizeof msg) != 0) {
 #pragma omp critical(tsr_import_error)
                 {
                     if (bad < 0 || i < bad) {
@@ -934,6 +954,8 @@ int tsr_import_folder_resize(const char *src, const char *out_path, int size, in
             failed = 1;
         }
     }
+    for (int t = 0; t < nthreads; t++) tsr_image_decoder_free(decs[t]);
+    free(decs);
     free(px);
     if (failed) {
         tsr_suite_writer_abort(w);

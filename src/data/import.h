@@ -38,7 +38,8 @@ int tsr_import_fashion_mnist(const char *idx_dir, const char *out_path);
  * Images are decoded with stb_image (PNG, JPEG, BMP, GIF, TGA, PNM), converted to `channels` (1 grey
  * or 3 RGB; alpha dropped), resized so that the short side is `size` (area averaging when
  * shrinking, bilinear when enlarging) and centre-cropped to size x size. An unreadable or
- * undecodable image is refused, naming the file, and nothing is written. task_name NULL or "" = the
+ * undecodable image is refused, naming the file, and nothing is written; images are decoded in separate
+ * processes (image_decoder.h), so a file that crashes or hangs stb_image is refused too. task_name NULL or "" = the
  * base name of src without extension. Images are decoded (OpenMP threads) and written in blocks of
  * at most 256 MiB, so memory does not grow with the number of images. */
 int tsr_import_folder(const char *src, const char *out_path, int size, int channels,
@@ -56,7 +57,9 @@ int tsr_import_folder_resize(const char *src, const char *out_path, int size, in
 
 /* One image of `prepare folder`: the file at path decoded (PNG, JPEG, BMP, GIF, TGA, PNM through stb_image)
  * and resized to size x size x C (mode: as the resize option of tsr_import_folder_resize) into dst. 0, or -1
- * with the reason, naming the file, in msg (mn bytes). Exposed for the fuzz target (tests/fuzz). */
+ * with the reason, naming the file, in msg (mn bytes). In this process: stb_image has bugs on malformed files
+ * that tessera does not guard, so prepare folder calls this only in a separate process
+ * (tsr_image_decoder_decode, image_decoder.h); exposed for that, the tests and the fuzz target. */
 /* The largest image decoded, in pixels (default 2^28; larger ones are refused before decoding). The fuzz
  * target lowers it so that its time goes to many inputs rather than a few huge ones. */
 void tsr_import_set_max_pixels(size_t n);

@@ -14,7 +14,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define STB_IMAGE_WRITE_IMPLEMENTATION
@@ -30,6 +34,7 @@
 
 #include "core/common.h"
 #include "data/idx.h"
+#include "data/image_decoder.h"
 #include "data/import.h"
 #include "data/suite.h"
 
@@ -567,6 +572,102 @@ static void test_pnm_header_guard(void **state) {
     assert_non_null(strstr(msg, "16-bit PNM (maximum value 256) is not supported"));
 }
 
+/* 1 if this process has no child left (no decoding process outlives its decoder) */
+static int no_children(void) {
+    int st;
+    return waitpid(-1, &st, WNOHANG) == -1 && errno == ECHILD;
+}
+
+/* The decoding process (image_decoder.h): the same pixels and messages as decoding here; one process serves
+ * many images; a process that crashes on a file (fault point: a signal raised in it) or hangs on one (a
+ * 1 s limit) refuses that file by name, and the next file gets a new process; one killed from outside between
+ * files is replaced without a word; none is left when the decoder is freed. */
+static void test_decoder_process(void **state) {
+    (void)state;
+    mkdirs("dec");
+    write_bytes("dec/blue.jpg", BLUE_JPEG, sizeof BLUE_JPEG);
+    write_img("dec/red.png", 12, 8, 3, RED, 0, NULL);
+    write_bytes("dec/crash.jpg", BLUE_JPEG, sizeof BLUE_JPEG);
+    write_bytes("dec/hang.jpg", BLUE_JPEG, sizeof BLUE_JPEG);
+    write_text("dec/noise.png", "not a PNG at all");
+    setenv("TESSERA_FAULT_DECODE_SIGNAL", "11:crash.jpg", 1); /* read by the helper, which is forked later */
+    setenv("TESSERA_FAULT_DECODE_HANG", "hang.jpg", 1);
+    tsr_image_decoder *d = tsr_image_decoder_new();
+    uint8_t a[6 * 6 * 3], b[6 * 6 * 3];
+    char ma[1024], mb[1024];
+    const char *names[3] = {"dec/blue.jpg", "dec/red.png", "dec/noise.png"};
+    pid_t first = 0;
+    for (int i = 0; i < 3; i++)
+        for (int C = 1; C <= 3; C += 2) {
+            memset(a, 1, sizeof a);
+            memset(b, 2, sizeof b);
+            int ra = tsr_image_decoder_decode(d, tpath(names[i]), 6, C, i & 1, a, ma, sizeof ma);
+            int rb = tsr_import_decode_image(tpath(names[i]), 6, C, i & 1, b, mb, sizeof mb);
+            assert_int_equal(ra, i == 2 ? -1 : 0);
+            assert_int_equal(ra, rb);
+            assert_int_equal(tsr_image_decoder_last_died(d), 0);
+            if (ra == 0) assert_memory_equal(a, b, (size_t)36 * C);
+            else assert_string_equal(ma, mb);
+            if (i == 1 && C == 3) check_solid(a, 6, 3, RED, 3);
+            if (!first) first = tsr_image_decoder_pid(d);
+            assert_true(first > 0);
+            assert_int_equal(tsr_image_decoder_pid(d), first); /* one process for all */
+        }
+    assert_true(first != getpid());
+
+    /* crashes on a file: refused, named, with the signal */
+    assert_int_equal(tsr_image_decoder_decode(d, tpath("dec/crash.jpg"), 6, 3, 0, a, ma, sizeof ma), -1);
+    assert_int_equal(tsr_image_decoder_last_died(d), 1);
+    assert_non_null(strstr(ma, "dec/crash.jpg"));
+    assert_non_null(strstr(ma, "crashed stb_image (signal 11"));
+    assert_int_equal(tsr_image_decoder_pid(d), 0);
+    assert_int_equal(kill(first, 0), -1); /* ended and waited for */
+    /* the next file: a new process */
+    assert_int_equal(tsr_image_decoder_decode(d, tpath("dec/blue.jpg"), 6, 3, 0, a, ma, sizeof ma), 0);
+    check_solid(a, 6, 3, BLUE, 3);
+    pid_t second = tsr_image_decoder_pid(d);
+    assert_true(second > 0 && second != first);
+
+    /* hangs on a file: ended after the limit, refused, named */
+    tsr_image_decoder_set_seconds(1);
+    assert_int_equal(tsr_image_decoder_decode(d, tpath("dec/hang.jpg"), 6, 3, 0, a, ma, sizeof ma), -1);
+    tsr_image_decoder_set_seconds(0);
+    assert_int_equal(tsr_image_decoder_last_died(d), 1);
+    assert_non_null(strstr(ma, "dec/hang.jpg"));
+    assert_non_null(strstr(ma, "still decoding it after 1 s"));
+    assert_int_equal(kill(second, 0), -1);
+
+    /* killed from outside between two files: replaced, the file decoded */
+    assert_int_equal(tsr_image_decoder_decode(d, tpath("dec/red.png"), 6, 3, 0, a, ma, sizeof ma), 0);
+    pid_t third = tsr_image_decoder_pid(d);
+    assert_int_equal(kill(third, SIGKILL), 0);
+    nanosleep(&(struct timespec){0, 100000000}, NULL);
+    assert_int_equal(tsr_image_decoder_decode(d, tpath("dec/blue.jpg"), 6, 3, 0, a, ma, sizeof ma), 0);
+    assert_int_equal(tsr_image_decoder_last_died(d), 0);
+    check_solid(a, 6, 3, BLUE, 3);
+    assert_true(tsr_image_decoder_pid(d) != third);
+    tsr_image_decoder_free(d);
+    assert_true(no_children());
+
+    /* prepare folder: a file that crashes the decoder refuses the folder, naming the file; nothing written, no
+     * process left */
+    mkdirs("decf/a");
+    mkdirs("decf/b");
+    write_img("decf/a/one.png", 8, 8, 3, RED, 0, NULL);
+    write_img("decf/b/two.png", 8, 8, 3, RED, 0, NULL);
+    write_bytes("decf/b/crash.jpg", BLUE_JPEG, sizeof BLUE_JPEG);
+    char out[600];
+    snprintf(out, sizeof out, "%s", tpath("decf.nc"));
+    assert_int_equal(tsr_import_folder(tpath("decf"), out, 4, 3, "decf"), -1);
+    expect_error("decf/b/crash.jpg", "crashed stb_image", NULL);
+    assert_int_equal(access(out, F_OK), -1);
+    assert_true(no_children());
+    unsetenv("TESSERA_FAULT_DECODE_SIGNAL");
+    unsetenv("TESSERA_FAULT_DECODE_HANG");
+    import_ok(tpath("decf"), out, 4, 3, "decf"); /* the same folder decodes without the fault */
+    assert_true(no_children());
+}
+
 static void test_bad_arguments(void **state) {
     (void)state;
     char out[600];
@@ -597,7 +698,7 @@ int main(void) {
         cmocka_unit_test(test_folder_splits),
         cmocka_unit_test(test_list_file),       cmocka_unit_test(test_corrupt_image),
         cmocka_unit_test(test_bad_arguments),   cmocka_unit_test(test_jpeg_huffman_guard),
-        cmocka_unit_test(test_pnm_header_guard),
+        cmocka_unit_test(test_pnm_header_guard), cmocka_unit_test(test_decoder_process),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One bounded libFuzzer run: run_fuzz.sh FUZZER CORPUS_DIR SECONDS [WORK_DIR]
 # FUZZ_RUNS=N (environment): stop after N executions instead (SECONDS still bounds it); a campaign.
-# FUZZ_ARGS="...": more libFuzzer flags (e.g. "-jobs=16 -workers=16" on a cluster node).
+# FUZZ_ARGS="...": more libFuzzer flags (e.g. "-jobs=16 -workers=16" on a cluster node), or other values of the
+#   defaults below (e.g. "-rss_limit_mb=4096": the netCDF targets grow by about 2.5 KB per input, in HDF5).
 # Fuzzes from a copy of the committed seed corpus (the source tree is not written), for SECONDS of wall time,
 # under the fuzzer's own limits (2 GiB RSS, 10 s per input); prints the executions and coverage at the end.
 # A crash leaves crash-* / leak-* / timeout-* files in WORK_DIR (default: a temporary directory, kept then)
@@ -19,8 +20,9 @@ runs=()
 [ -n "${FUZZ_RUNS:-}" ] && runs=(-runs="$FUZZ_RUNS")
 # shellcheck disable=SC2206
 [ -n "${FUZZ_ARGS:-}" ] && runs+=(${FUZZ_ARGS})
-"$fz" -max_total_time="$secs" "${runs[@]}" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
-      -artifact_prefix="$work/" corpus > log.txt 2>&1
+# FUZZ_ARGS last: libFuzzer takes the last value of a flag given twice, so FUZZ_ARGS can change these defaults
+"$fz" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
+      -artifact_prefix="$work/" "${runs[@]}" corpus > log.txt 2>&1
 rc=$?
 set -e
 grep -E "^stat::number_of_executed_units|^stat::peak_rss_mb|^#[0-9]+.*DONE|cov:" log.txt | tail -3

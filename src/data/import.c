@@ -734,6 +734,19 @@ static int pnm_header_check(const uint8_t *b, size_t n, char *why, size_t wn) {
 static size_t image_max_pixels = TSR_IMAGE_MAX_PIXELS;
 void tsr_import_set_max_pixels(size_t n) { image_max_pixels = n ? n : TSR_IMAGE_MAX_PIXELS; }
 
+/* Debian's stb_image reads palette entries a file never defined from uninitialised stack: stbi__bmp_load's
+ * pal[256][4] for pixel indices past the palette the file gives (and likewise the PNG reader's palette[1024]).
+ * Such a file decoded to whatever the stack held, different from one decode to the next and possibly bytes of
+ * tessera's own (found by fuzz_image, which decodes each input twice and compares). The stack below the decoder's
+ * caller is zeroed before each decode (stb_image's deepest frame, the GIF reader's, is 35 KB in a Release build):
+ * those entries then read as 0, the same every time. */
+#define STACK_SCRUB_BYTES (128 * 1024)
+__attribute__((noinline)) static void scrub_stack(void) {
+    unsigned char buf[STACK_SCRUB_BYTES];
+    memset(buf, 0, sizeof buf);
+    __asm__ volatile("" : : "r"(buf) : "memory"); /* the stores are not removed */
+}
+
 /* Decode item path to size x size x C into dst. msg gets the error (naming the file). */
 int tsr_import_decode_image(const char *path, int size, int C, int mode, uint8_t *dst, char *msg, size_t mn) {
     FILE *f = fopen(path, "rb");
@@ -798,6 +811,7 @@ int tsr_import_decode_image(const char *path, int size, int C, int mode, uint8_t
                  path, w, h, image_max_pixels);
         return -1;
     }
+    scrub_stack();
     uint8_t *px = stbi_load_from_memory(buf, (int)n, &w, &h, &nch, C);
     stb_jump = NULL;
     free(buf);

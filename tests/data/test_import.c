@@ -668,6 +668,33 @@ static void test_decoder_process(void **state) {
     assert_true(no_children());
 }
 
+/* Fills the stack below the caller with v (as a decode's frames will use it). */
+__attribute__((noinline)) static void dirty_stack(unsigned char v) {
+    unsigned char b[256 * 1024];
+    memset(b, v, sizeof b);
+    __asm__ volatile("" : : "r"(b) : "memory");
+}
+
+/* A 1-bit BMP whose pixels index a palette entry the file never defines (fuzz_image's input,
+ * tests/fuzz/regressions/image/stb_bmp_palette_uninitialised.bmp): Debian's stb_image reads that entry from
+ * uninitialised stack, so the pixels were whatever the stack held. tsr_import_decode_image zeroes the stack
+ * first: two decodes after different stack contents give the same pixels. */
+static void test_bmp_palette_deterministic(void **state) {
+    (void)state;
+    static const unsigned char BMP[] = {0x42, 0x4d, 0x76, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, 0x32, 0x00, 0x00, 0x00, 0x28, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00, 0x03, 0x27, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00};
+    mkdirs("bmp");
+    write_bytes("bmp/pal.bmp", BMP, sizeof BMP);
+    uint8_t a[4 * 4 * 3], b[4 * 4 * 3];
+    char msg[512];
+    dirty_stack(0xAB);
+    int ra = tsr_import_decode_image(tpath("bmp/pal.bmp"), 4, 3, 0, a, msg, sizeof msg);
+    dirty_stack(0x35);
+    int rb = tsr_import_decode_image(tpath("bmp/pal.bmp"), 4, 3, 0, b, msg, sizeof msg);
+    assert_int_equal(ra, 0);
+    assert_int_equal(rb, 0);
+    assert_memory_equal(a, b, sizeof a);
+}
+
 static void test_bad_arguments(void **state) {
     (void)state;
     char out[600];
@@ -699,6 +726,7 @@ int main(void) {
         cmocka_unit_test(test_list_file),       cmocka_unit_test(test_corrupt_image),
         cmocka_unit_test(test_bad_arguments),   cmocka_unit_test(test_jpeg_huffman_guard),
         cmocka_unit_test(test_pnm_header_guard), cmocka_unit_test(test_decoder_process),
+        cmocka_unit_test(test_bmp_palette_deterministic),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

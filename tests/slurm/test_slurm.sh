@@ -230,10 +230,14 @@ EOF
 t0=$SECONDS
 D=$(sbatch --parsable -D "$J" -o "$J/d.out" --export=ALL,STEPS=${TESSERA_SLURM_REQUEUE_STEPS:-1000} "$J/d.sh")
 # wait for the first complete checkpoint, then send USR2 to the job's processes
-t=$SECONDS
-while [ $((SECONDS - t)) -lt 120 ] && ! ls "$J"/d.run/checkpoints/step-*/DONE >/dev/null 2>&1; do sleep 0.1; done
-ls "$J"/d.run/checkpoints/step-*/DONE >/dev/null 2>&1
-check $? "(d) job $D wrote a checkpoint" "$J/d.out"
+# (a glob match, not `ls` of the matches: the job prunes old checkpoints, and `ls a/DONE b/DONE` fails
+# when a is removed between the expansion and the stat, although b is complete; CI failed on that once)
+t=$SECONDS; wrote=1
+while [ $((SECONDS - t)) -lt 120 ]; do
+  if compgen -G "$J/d.run/checkpoints/step-*/DONE" >/dev/null; then wrote=0; break; fi
+  sleep 0.1
+done
+check $wrote "(d) job $D wrote a checkpoint" "$J/d.out"
 # USR2 to the job's steps (what --signal=USR2@90 does: srun-launched ranks are step 0); ranks that
 # mpirun started live in the batch step: signal that one instead
 if grep -q "d: launcher srun" "$J/d.out"; then scancel --signal=USR2 "$D"; else scancel --signal=USR2 --batch "$D"; fi

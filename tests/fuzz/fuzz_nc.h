@@ -110,6 +110,22 @@ static inline int fuzz_nc_start(void) {
     return 0;
 }
 
+/* FUZZ_NC_KEEP=DIR: a copy of the first 1000 inputs the library alone did not survive goes to
+ * DIR/hdf5-<pid>-<n>.nc (to study HDF5's crashes; the campaign otherwise skips them). */
+static inline void fuzz_nc_keep(const char *path) {
+    static int n;
+    const char *dir = getenv("FUZZ_NC_KEEP");
+    if (!dir || !dir[0] || n >= 1000) return;
+    char to[4096];
+    snprintf(to, sizeof to, "%s/hdf5-%ld-%d.nc", dir, (long)getpid(), n++);
+    FILE *in = fopen(path, "rb"), *out = in ? fopen(to, "wb") : NULL;
+    char buf[65536];
+    size_t r;
+    while (out && (r = fread(buf, 1, sizeof buf, in)) > 0) fwrite(buf, 1, r, out);
+    if (out) fclose(out);
+    if (in) fclose(in);
+}
+
 /* 1 if the netCDF library alone survives the file (checked in the server). */
 static inline int fuzz_nc_library_survives(const char *path) {
     if (fuzz_nc_pid > 0 && fuzz_nc_served >= 1000) fuzz_nc_stop();
@@ -132,6 +148,7 @@ static inline int fuzz_nc_library_survives(const char *path) {
     char ok = 0;
     if (r == 1 && recv(fuzz_nc_fd, &ok, 1, 0) == 1 && ok == 1) return 1;
     fuzz_nc_stop(); /* died on it (an HDF5 crash) or still in it */
+    fuzz_nc_keep(path);
     return 0;
 }
 #endif

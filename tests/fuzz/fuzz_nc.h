@@ -1,17 +1,23 @@
 /* fuzz_nc.h: for the netCDF targets. HDF5 (a system library, not instrumented, not tessera's) crashes on some
  * damaged files: tessera protects its users from that with tsr_nc_probe (a forked child opens the file first).
  * For the fuzzer to find crashes in tessera's own validators, an input is first opened by the library alone in
- * a forked child, which walks every group, variable and attribute and reads every small variable (what the
- * validators then ask of it); an input that kills that child is an HDF5 crash, which tsr_nc_probe turns into a
+ * another process, which walks every group, variable and attribute and reads every small variable (what the
+ * validators then ask of it); an input that kills that process is an HDF5 crash, which tsr_nc_probe turns into a
  * refusal (test_nc_probe), and is skipped here.
- * The child is a server that checks many inputs (a path in, a byte out) and is restarted when it dies, hangs (5 s)
- * or has checked 1000 inputs: a fork per input cost 50-90 ms on a virtual machine, most of it page faults of
- * the fuzzer's memory copied on write after each fork (5-12 inputs/s; with the server, far more). */
+ * That process is a server that checks many inputs (a path in, a byte out), restarted when it dies, hangs (1 s)
+ * or has checked 1000 inputs. It is this same binary started again (fork + exec, FUZZ_NC_SERVER_FD set: the
+ * target's LLVMFuzzerInitialize calls fuzz_nc_serve first), not a fork alone: a fork of the fuzzer shares its
+ * hundreds of MB copy-on-write while it lives, and its sanitizer reports (HDF5's, expected) were symbolized at
+ * a cost; the exec'd server starts small and reports without symbols (ASAN_OPTIONS ...:symbolize=0). A fork per
+ * input cost 50-90 ms on a virtual machine (5-12 inputs/s); a forked server ~80-240/s, slowing as the fuzzer
+ * grows. */
 #ifndef TSR_FUZZ_NC_H
 #define TSR_FUZZ_NC_H
 #include <errno.h>
+#include <fcntl.h>
 #include <netcdf.h>
 #include <poll.h>
+#include <spawn.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -74,36 +80,81 @@ static inline int fuzz_nc_recv(int fd, void *p, size_t n) {
     return 0;
 }
 
+/* The server's loop on fd: a path in, one byte out per file that the library survived walking. */
+static inline void fuzz_nc_serve_fd(int fd) {
+    if (__sanitizer_set_death_callback) __sanitizer_set_death_callback(fuzz_nc_server_death);
+    signal(SIGALRM, SIG_DFL);
+    char path[4096];
+    for (;;) {
+        uint32_t len;
+        if (fuzz_nc_recv(fd, &len, sizeof len) != 0 || len >= sizeof path || fuzz_nc_recv(fd, path, len) != 0)
+            _exit(0);
+        path[len] = 0;
+        alarm(1); /* HDF5 loops on some damaged files: skipped like a crash (tsr_nc_probe allows 60 s; a valid
+                   * file of the corpus takes milliseconds) */
+        fuzz_nc_walk(path);
+        alarm(0);
+        char ok = 1;
+        if (send(fd, &ok, 1, MSG_NOSIGNAL) != 1) _exit(0);
+    }
+}
+
+/* In LLVMFuzzerInitialize, first: the server, if this process was started as one (it never returns then). */
+static inline void fuzz_nc_serve(void) {
+    const char *e = getenv("FUZZ_NC_SERVER_FD");
+    if (!e || !e[0]) return;
+    fuzz_nc_serve_fd(atoi(e));
+    _exit(0);
+}
+
+extern char **environ;
+
 static inline int fuzz_nc_start(void) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return -1;
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
+    /* the environment of the server: this one, FUZZ_NC_SERVER_FD=3 (sv[1] is dup2'ed there, which clears
+     * close-on-exec) and no symbolization of its reports */
+    static char fdvar[] = "FUZZ_NC_SERVER_FD=3";
+    static char asan[8192];
+    const char *cur = getenv("ASAN_OPTIONS");
+    snprintf(asan, sizeof asan, "ASAN_OPTIONS=%s%ssymbolize=0", cur ? cur : "", cur && cur[0] ? ":" : "");
+    size_t n = 0;
+    while (environ[n]) n++;
+    char **env = calloc(n + 3, sizeof *env);
+    if (!env) {
         close(sv[0]);
         close(sv[1]);
         return -1;
     }
-    if (pid == 0) {
-        close(sv[0]);
-        const int dfl[] = {SIGSEGV, SIGBUS, SIGABRT, SIGILL, SIGFPE, SIGALRM, SIGPIPE};
-        for (size_t i = 0; i < sizeof dfl / sizeof *dfl; i++) signal(dfl[i], SIG_DFL);
-        if (__sanitizer_set_death_callback) __sanitizer_set_death_callback(fuzz_nc_server_death);
-        char path[4096];
-        for (;;) {
-            uint32_t len;
-            if (fuzz_nc_recv(sv[1], &len, sizeof len) != 0 || len >= sizeof path ||
-                fuzz_nc_recv(sv[1], path, len) != 0)
-                _exit(0);
-            path[len] = 0;
-            alarm(5); /* HDF5 loops on some damaged files: skipped like a crash (tsr_nc_probe: 60 s) */
-            fuzz_nc_walk(path);
-            alarm(0);
-            char ok = 1;
-            if (send(sv[1], &ok, 1, MSG_NOSIGNAL) != 1) _exit(0);
-        }
-    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(environ[i], "ASAN_OPTIONS=", 13) != 0 && strncmp(environ[i], "FUZZ_NC_SERVER_FD=", 18) != 0)
+            env[k++] = environ[i];
+    env[k++] = fdvar;
+    env[k++] = asan;
+    env[k] = NULL;
+    int from = fcntl(sv[1], F_DUPFD_CLOEXEC, 10); /* never 3 itself: dup2(3, 3) would leave close-on-exec set */
     close(sv[1]);
+    sv[1] = from;
+    if (from < 0) {
+        free(env);
+        close(sv[0]);
+        return -1;
+    }
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, sv[1], 3);
+    char arg0[] = "fuzz_nc_server", *argv[] = {arg0, NULL};
+    fflush(NULL);
+    pid_t pid;
+    int rc = posix_spawn(&pid, "/proc/self/exe", &fa, NULL, argv, env);
+    posix_spawn_file_actions_destroy(&fa);
+    free(env);
+    close(sv[1]);
+    if (rc != 0) {
+        close(sv[0]);
+        return -1;
+    }
     fuzz_nc_pid = pid;
     fuzz_nc_fd = sv[0];
     fuzz_nc_served = 0;
@@ -144,7 +195,7 @@ static inline int fuzz_nc_library_survives(const char *path) {
     }
     struct pollfd pf = {fuzz_nc_fd, POLLIN, 0};
     int r;
-    while ((r = poll(&pf, 1, 6000)) < 0 && errno == EINTR) {}
+    while ((r = poll(&pf, 1, 2000)) < 0 && errno == EINTR) {}
     char ok = 0;
     if (r == 1 && recv(fuzz_nc_fd, &ok, 1, 0) == 1 && ok == 1) return 1;
     fuzz_nc_stop(); /* died on it (an HDF5 crash) or still in it */

@@ -4,22 +4,21 @@
  * another process, which walks every group, variable and attribute and reads every small variable (what the
  * validators then ask of it); an input that kills that process is an HDF5 crash, which tsr_nc_probe turns into a
  * refusal (test_nc_probe), and is skipped here.
- * That process is a server that checks many inputs (a path in, a byte out), restarted when it dies, hangs (1 s)
- * or has checked 1000 inputs. It is this same binary started again (fork + exec, FUZZ_NC_SERVER_FD set: the
- * target's LLVMFuzzerInitialize calls fuzz_nc_serve first), not a fork alone: a fork of the fuzzer shares its
- * hundreds of MB copy-on-write while it lives, and its sanitizer reports (HDF5's, expected) were symbolized at
- * a cost; the exec'd server starts small and reports without symbols (ASAN_OPTIONS ...:symbolize=0). A fork per
- * input cost 50-90 ms on a virtual machine (5-12 inputs/s); a forked server ~80-240/s, slowing as the fuzzer
- * grows. */
+ * That process is a server that checks many inputs (a path in, a byte out), forked from the fuzzer and restarted
+ * when it dies, loops (1 s of CPU time), is stuck (5 s) or has checked 1000 inputs. A fork, not a fresh process: HDF5's crashes
+ * on damaged files depend on what it kept from earlier files (its free lists), and a fresh server passed inputs
+ * on which the fuzzer's own open then crashed in HDF5 (tried 2026-11-30). tsr_nc_probe forks per file for the
+ * same reason. The server dies without a sanitizer report (__asan_on_error, before the report is printed): the
+ * reports were HDF5's, expected, and symbolizing them took ~13% of a campaign's CPU. A fork per input cost
+ * 50-90 ms on a virtual machine (5-12 inputs/s); a server ~80-240/s. */
 #ifndef TSR_FUZZ_NC_H
 #define TSR_FUZZ_NC_H
 #include <errno.h>
-#include <fcntl.h>
 #include <netcdf.h>
 #include <poll.h>
-#include <spawn.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 
 static inline void fuzz_nc_walk(const char *path) {
@@ -56,14 +55,15 @@ static void fuzz_nc_server_death(void) { _exit(70); }
 extern void __sanitizer_set_death_callback(void (*callback)(void)) __attribute__((weak));
 
 static pid_t fuzz_nc_pid;
-static int fuzz_nc_fd = -1, fuzz_nc_served;
+static int fuzz_nc_fd = -1, fuzz_nc_served, fuzz_nc_status;
 
 static inline void fuzz_nc_stop(void) {
     if (fuzz_nc_pid <= 0) return;
     close(fuzz_nc_fd);
     kill(fuzz_nc_pid, SIGKILL);
-    int st;
+    int st = 0;
     while (waitpid(fuzz_nc_pid, &st, 0) < 0 && errno == EINTR) {}
+    fuzz_nc_status = st;
     fuzz_nc_pid = 0;
     fuzz_nc_fd = -1;
 }
@@ -83,78 +83,55 @@ static inline int fuzz_nc_recv(int fd, void *p, size_t n) {
 /* The server's loop on fd: a path in, one byte out per file that the library survived walking. */
 static inline void fuzz_nc_serve_fd(int fd) {
     if (__sanitizer_set_death_callback) __sanitizer_set_death_callback(fuzz_nc_server_death);
-    signal(SIGALRM, SIG_DFL);
+    signal(SIGPROF, SIG_DFL);
     char path[4096];
     for (;;) {
         uint32_t len;
         if (fuzz_nc_recv(fd, &len, sizeof len) != 0 || len >= sizeof path || fuzz_nc_recv(fd, path, len) != 0)
             _exit(0);
         path[len] = 0;
-        alarm(1); /* HDF5 loops on some damaged files: skipped like a crash (tsr_nc_probe allows 60 s; a valid
-                   * file of the corpus takes milliseconds) */
+        /* HDF5 loops on some damaged files: skipped like a crash after 1 s of CPU time (tsr_nc_probe allows 60 s
+         * of wall time; a valid file of the corpus takes milliseconds). CPU time: a niced fuzzer starved by
+         * other work would skip good inputs on a short wall-clock limit. And 5 s of wall time: a server stuck
+         * without using the CPU (a lock that another thread of the fuzzer held at the fork, seen once) must end
+         * before libFuzzer's own 10 s limit on the input. */
+        struct itimerval lim = {{0, 0}, {1, 0}}, off = {{0, 0}, {0, 0}};
+        setitimer(ITIMER_PROF, &lim, NULL);
+        alarm(5);
         fuzz_nc_walk(path);
         alarm(0);
+        setitimer(ITIMER_PROF, &off, NULL);
         char ok = 1;
         if (send(fd, &ok, 1, MSG_NOSIGNAL) != 1) _exit(0);
     }
 }
 
-/* In LLVMFuzzerInitialize, first: the server, if this process was started as one (it never returns then). */
-static inline void fuzz_nc_serve(void) {
-    const char *e = getenv("FUZZ_NC_SERVER_FD");
-    if (!e || !e[0]) return;
-    fuzz_nc_serve_fd(atoi(e));
-    _exit(0);
+/* 1 in the server: it ends at once on a sanitizer error (HDF5's), without a report */
+static int fuzz_nc_in_server;
+void __asan_on_error(void) __attribute__((used, visibility("default")));
+void __asan_on_error(void) {
+    if (fuzz_nc_in_server) _exit(70);
 }
-
-extern char **environ;
 
 static inline int fuzz_nc_start(void) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return -1;
-    /* the environment of the server: this one, FUZZ_NC_SERVER_FD=3 (sv[1] is dup2'ed there, which clears
-     * close-on-exec) and no symbolization of its reports */
-    static char fdvar[] = "FUZZ_NC_SERVER_FD=3";
-    static char asan[8192];
-    const char *cur = getenv("ASAN_OPTIONS");
-    snprintf(asan, sizeof asan, "ASAN_OPTIONS=%s%ssymbolize=0", cur ? cur : "", cur && cur[0] ? ":" : "");
-    size_t n = 0;
-    while (environ[n]) n++;
-    char **env = calloc(n + 3, sizeof *env);
-    if (!env) {
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
         close(sv[0]);
         close(sv[1]);
         return -1;
     }
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++)
-        if (strncmp(environ[i], "ASAN_OPTIONS=", 13) != 0 && strncmp(environ[i], "FUZZ_NC_SERVER_FD=", 18) != 0)
-            env[k++] = environ[i];
-    env[k++] = fdvar;
-    env[k++] = asan;
-    env[k] = NULL;
-    int from = fcntl(sv[1], F_DUPFD_CLOEXEC, 10); /* never 3 itself: dup2(3, 3) would leave close-on-exec set */
-    close(sv[1]);
-    sv[1] = from;
-    if (from < 0) {
-        free(env);
+    if (pid == 0) {
         close(sv[0]);
-        return -1;
+        fuzz_nc_in_server = 1;
+        const int dfl[] = {SIGSEGV, SIGBUS, SIGABRT, SIGILL, SIGFPE, SIGALRM, SIGPIPE};
+        for (size_t i = 0; i < sizeof dfl / sizeof *dfl; i++) signal(dfl[i], SIG_DFL);
+        fuzz_nc_serve_fd(sv[1]);
+        _exit(0);
     }
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, sv[1], 3);
-    char arg0[] = "fuzz_nc_server", *argv[] = {arg0, NULL};
-    fflush(NULL);
-    pid_t pid;
-    int rc = posix_spawn(&pid, "/proc/self/exe", &fa, NULL, argv, env);
-    posix_spawn_file_actions_destroy(&fa);
-    free(env);
     close(sv[1]);
-    if (rc != 0) {
-        close(sv[0]);
-        return -1;
-    }
     fuzz_nc_pid = pid;
     fuzz_nc_fd = sv[0];
     fuzz_nc_served = 0;
@@ -162,13 +139,17 @@ static inline int fuzz_nc_start(void) {
 }
 
 /* FUZZ_NC_KEEP=DIR: a copy of the first 1000 inputs the library alone did not survive goes to
- * DIR/hdf5-<pid>-<n>.nc (to study HDF5's crashes; the campaign otherwise skips them). */
-static inline void fuzz_nc_keep(const char *path) {
+ * DIR/hdf5-<pid>-<n>-<how the server ended>.nc (to study HDF5's crashes; the campaign otherwise skips them). */
+static inline void fuzz_nc_keep(const char *path, const char *how) {
     static int n;
     const char *dir = getenv("FUZZ_NC_KEEP");
     if (!dir || !dir[0] || n >= 1000) return;
     char to[4096];
-    snprintf(to, sizeof to, "%s/hdf5-%ld-%d.nc", dir, (long)getpid(), n++);
+    char tag[32];
+    snprintf(tag, sizeof tag, "%s", how);
+    for (char *c = tag; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9'))) *c = '_';
+    snprintf(to, sizeof to, "%s/hdf5-%ld-%d-%s.nc", dir, (long)getpid(), n++, tag);
     FILE *in = fopen(path, "rb"), *out = in ? fopen(to, "wb") : NULL;
     char buf[65536];
     size_t r;
@@ -195,11 +176,12 @@ static inline int fuzz_nc_library_survives(const char *path) {
     }
     struct pollfd pf = {fuzz_nc_fd, POLLIN, 0};
     int r;
-    while ((r = poll(&pf, 1, 2000)) < 0 && errno == EINTR) {}
+    while ((r = poll(&pf, 1, 6000)) < 0 && errno == EINTR) {}
     char ok = 0;
     if (r == 1 && recv(fuzz_nc_fd, &ok, 1, 0) == 1 && ok == 1) return 1;
-    fuzz_nc_stop(); /* died on it (an HDF5 crash) or still in it */
-    fuzz_nc_keep(path);
+    int alive = r != 1; /* no answer in time: still in it (killed by fuzz_nc_stop) */
+    fuzz_nc_stop();    /* died on it (an HDF5 crash), or still in it */
+    fuzz_nc_keep(path, alive ? "stuck" : WIFSIGNALED(fuzz_nc_status) ? strsignal(WTERMSIG(fuzz_nc_status)) : "exit");
     return 0;
 }
 #endif

@@ -231,6 +231,6 @@ int main(int argc, char **argv) {
     free(x);
     free(y);
     free(tasks);
-    tsr_dist_finalize();
+    tsr_dist_finalize(0);
     return 0;
 }

@@ -55,6 +55,6 @@ int main(int argc, char **argv) {
     }
     tsr_dist_init(&argc, &argv);
     int rc = fn(argc - 1, argv + 1);
-    tsr_dist_finalize();
+    tsr_dist_finalize(rc);
     return rc;
 }

@@ -46,7 +46,14 @@ tsr_ctx tsr_ctx_self(int max_level);
 
 /* MPI_Init, rank discovery, abort hook for tsr_fatal. */
 void tsr_dist_init(int *argc, char ***argv);
-void tsr_dist_finalize(void);
+/* MPI_Finalize, unless tsr_dist_skip_finalize was called: then the process ends here (stdio flushed, exit status
+ * rc, 1 if rc is 0) without it. */
+void tsr_dist_finalize(int rc);
+/* Every rank that calls this (it must be every rank of the job) ends without MPI_Finalize: for a parallel netCDF
+ * file whose writes failed (a full disk), which HDF5 would otherwise close inside MPI_Finalize, collectively, and
+ * HDF5's error paths leave the ranks in different collectives there (a deadlock: seen with rank 0 in
+ * MPI_File_close's barrier and rank 1 in the metadata cache's sync point). */
+void tsr_dist_skip_finalize(void);
 /* Threads per rank: requested > 0 is used as is; 0 = online cores / ranks on this node (at least 1),
  * so that ranks x threads does not oversubscribe the cores. Sets OpenMP and BLAS threads. */
 int tsr_dist_set_threads(int requested);

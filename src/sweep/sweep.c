@@ -308,6 +308,8 @@ typedef struct {
     entry_id *pending;       /* (np) entries to run, costliest method first */
     tsr_results_file rf;
     int tmp_made;            /* RESULTS.tmp was created by this run and not renamed: removed at the end */
+    int rf_open;             /* every rank: the results file was created and is not known closed on every rank */
+    int rf_failed;           /* a write to the results file failed on this rank (HDF5 may be in an error state) */
     int write_failed;        /* a journal or results-file write of an entry failed here (write_fail: why) */
     char write_fail[1024];
     char results[1100], tmp[1120], jdir[1120];
@@ -572,7 +574,9 @@ static int results_open(sweep *W) {
                             {W->G >= 2 ? W->G : 0, W->grid, W->sel_acc, W->sel_n, W->mult,
                              {lr_eff, lr_eff + W->M, lr_eff + 2 * W->M, lr_eff + 3 * W->M}}};
     W->tmp_made = 1;
+    W->rf_open = 1;
     int fail = tsr_results_create(&W->rf, W->tmp, &L) != 0;
+    W->rf_failed |= fail;
     free(lr_eff);
     if (tsr_dist_fail_together(W->comm, fail, &W->ctx->log)) return -1;
     for (long i = 0; W->me == 0 && !fail && i < W->total; i++) {
@@ -581,6 +585,7 @@ static int results_open(sweep *W) {
         tsr_results_entry re;
         to_entry(&W->jres[i], W->jrank[i], &re);
         fail = tsr_results_put(&W->rf, e.m, e.t, e.k, e.s, &re) != 0;
+        W->rf_failed |= fail;
     }
     return tsr_dist_fail_together(W->comm, fail, &W->ctx->log) ? -1 : 0;
 }
@@ -618,7 +623,10 @@ static int run_entry(sweep *W, entry_id id, long i, long np) {
         if (W->write_file && id.g < 0) {
             tsr_results_entry e;
             to_entry(&r, W->me, &e);
-            if (tsr_results_put(&W->rf, id.m, id.t, id.k, id.s, &e) != 0) goto write_failed;
+            if (tsr_results_put(&W->rf, id.m, id.t, id.k, id.s, &e) != 0) {
+                W->rf_failed = 1;
+                goto write_failed;
+            }
             W->t_put += tsr_time() - t1;
         }
         fprintf(stderr, "tessera: fewshot [rank %d] %s%ld/%ld %-12s %-16s %3ld shots seed %ld%s: test %.4f, best val %.4f "
@@ -778,7 +786,20 @@ static int select_lr(sweep *W) {
 }
 
 static void sweep_free(sweep *W) {
-    if (W->rf.ncid >= 0) tsr_results_close(&W->rf, 0, 1);
+    if (W->rf_open) { /* every rank, after a failure agreed by all: the run ends with the file still open */
+        int64_t bad = W->rf_failed;
+        tsr_dist_allreduce_sum_i64(W->comm, &bad, 1);
+        if (bad) {
+            /* a write to it failed somewhere: closing it (here, or HDF5 when the message-passing library is
+             * finalized) can deadlock the ranks in HDF5's error paths, so no rank closes it and the process ends
+             * without finalizing (tsr_dist_skip_finalize). It is a temporary, removed below; the journal is
+             * intact. */
+            W->rf.ncid = -1;
+            tsr_dist_skip_finalize();
+        } else if (W->rf.ncid >= 0) {
+            tsr_results_close(&W->rf, 0, 1);
+        }
+    }
     /* a results file that failed part-way (a full disk) is not left behind as RESULTS.tmp */
     if (W->tmp_made && W->me == 0) unlink(W->tmp);
     free(W->pending);
@@ -861,9 +882,11 @@ int tsr_sweep_run(const tsr_ctx *ctx, const tsr_config *cfg, const char *cfg_tex
     if (W->write_file) {
         fail = tsr_results_close(&W->rf, ndone, W->total) != 0;
         W->rf.ncid = -1;
+        W->rf_failed |= fail;
         if (!fail && W->me == 0 && tsr_atomic_rename(W->tmp, W->results) != 0) fail = tsr_error_context("fewshot");
         W->tmp_made = fail;
         if (tsr_dist_fail_together(W->comm, fail, &ctx->log)) goto out;
+        W->rf_open = 0;
     }
     t_close = tsr_time() - t_close;
     INFO("fewshot: %lld entries run in %.1f s (%lld failed)%s; %ld of %ld entries finished; %s%s", (long long)cnt[0],

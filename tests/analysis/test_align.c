@@ -525,6 +525,6 @@ int main(int argc, char **argv) {
                (long long)tot[0], (long long)tot[1]);
         fflush(stdout);
     }
-    tsr_dist_finalize();
+    tsr_dist_finalize(0);
     return tot[1] ? 1 : 0;
 }
